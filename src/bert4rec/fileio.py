@@ -19,13 +19,19 @@ def _umask() -> int:
     return current
 
 
-def _make_parent(path: Path) -> None:
+def ensure_dir(folder: Path) -> Path:
+    """Create an output folder, or fail with a message naming it."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"{path.parent}: cannot create output folder ({error.strerror})") from None
-    if not os.access(path.parent, os.W_OK):
-        raise UserError(f"{path.parent}: output folder is not writable")
+        raise UserError(f"{folder}: cannot create output folder ({error.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{folder}: output folder is not writable")
+    return folder
+
+
+def _make_parent(path: Path) -> None:
+    ensure_dir(path.parent)
 
 
 @contextlib.contextmanager

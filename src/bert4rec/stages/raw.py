@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from bert4rec import readers
 from bert4rec.config import RawParams
 from bert4rec.errors import UserError
-from bert4rec.fileio import atomic_file, write_json
+from bert4rec.fileio import atomic_file, ensure_dir, write_json
 from bert4rec.paths import ProjectPaths
 from bert4rec.progress import progress
 from bert4rec.project import configure_logging, open_project, stage_parser
@@ -92,7 +92,7 @@ def run(paths: ProjectPaths, raw: RawParams) -> dict:
     log.info("reading %s (%s)", source, description)
     users, items = readers.FirstSeen(), readers.FirstSeen()
     events_read = 0
-    paths.interim.mkdir(parents=True, exist_ok=True)
+    ensure_dir(paths.interim)
     with tempfile.TemporaryDirectory(prefix=".raw-spill-", dir=paths.interim) as spill_dir:
         spill = Spill(Path(spill_dir), raw.users_per_chunk)
         bar = progress(desc="raw: reading", unit=" events", unit_scale=True)
