@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -28,7 +27,8 @@ from bert4rec.errors import UserError
 
 log = logging.getLogger(__name__)
 
-BLOCK_BYTES = 16 << 20
+BLOCK_BYTES = 2 << 20  # Arrow reads ahead many blocks: small blocks keep that memory small
+ROWS_PER_TABLE = 1 << 20  # blocks are grouped into tables of about this many rows
 USER_NAMES = ("userid", "user", "uid", "customerid", "visitorid", "sessionid", "clientid")
 ITEM_NAMES = ("itemid", "item", "movieid", "productid", "iid", "articleid", "trackid", "sku")
 TIME_NAMES = ("timestamp", "time", "ts", "datetime", "date", "eventtime", "unixtime")
@@ -191,13 +191,24 @@ def _csv_tables(path: Path, layout: Layout) -> Iterator[pa.Table]:
     try:
         stream = pa.input_stream(str(path), compression="detect")
         reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
+        pending, rows = [], 0
         for batch in reader:
-            table = pa.Table.from_batches([batch]).rename_columns([rename[n] for n in batch.schema.names])
-            yield _standardise(table, layout.user, layout.item, layout.timestamp, path)
+            pending.append(batch)
+            rows += batch.num_rows
+            if rows >= ROWS_PER_TABLE:
+                yield _standardise(_renamed(pending, rename), layout.user, layout.item, layout.timestamp, path)
+                pending, rows = [], 0
+        if pending:
+            yield _standardise(_renamed(pending, rename), layout.user, layout.item, layout.timestamp, path)
     except pa.ArrowInvalid as error:
         raise UserError(_describe_parse_error(path, layout, error)) from None
     except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"{path}: cannot read the file, it may be truncated or corrupt ({error})") from None
+
+
+def _renamed(batches: list[pa.RecordBatch], rename: dict[str, str]) -> pa.Table:
+    table = pa.Table.from_batches(batches)
+    return table.rename_columns([rename[name] for name in table.column_names])
 
 
 def _describe_parse_error(path: Path, layout: Layout, error: Exception) -> str:
@@ -304,6 +315,8 @@ def _pickle_tables(path: Path, params: RawParams) -> Iterator[pa.Table]:
             f"{path}: pickle input is disabled because loading a pickle runs code from the file; "
             "set raw.allow_pickle: true only for files you trust"
         )
+    import pandas as pd
+
     log.warning("Loading pickle %s: unpickling runs code from the file; only do this for files you trust", path)
     frame = pd.read_pickle(path)  # opt-in via raw.allow_pickle
     if not isinstance(frame, pd.DataFrame):
@@ -358,24 +371,30 @@ def read_events(path: Path, params: RawParams) -> tuple[str, Iterator[pa.Table]]
 
 def first_seen_codes(values: pa.ChunkedArray, known: "FirstSeen") -> np.ndarray:
     encoded = pc.dictionary_encode(values).combine_chunks()
-    mapping = known.add(encoded.dictionary.to_numpy(zero_copy_only=False))
+    mapping = known.add(encoded.dictionary)
     return mapping[encoded.indices.to_numpy()]
 
 
 class FirstSeen:
-    """Dense codes 0..N-1 in order of first appearance across a stream of chunks."""
+    """Dense codes 0..N-1 in order of first appearance across a stream of chunks.
 
-    def __init__(self) -> None:
-        self.index = pd.Index([], dtype=object)
+    Known values live in one Arrow array (a few bytes per id, no Python object per id), so a
+    million users cost megabytes, not hundreds of megabytes.
+    """
 
-    def add(self, uniques: np.ndarray) -> np.ndarray:
-        codes = self.index.get_indexer(uniques)
-        new = codes < 0
+    def __init__(self, kind: pa.DataType = pa.string()) -> None:
+        self.values = pa.array([], type=kind)
+
+    def add(self, uniques: pa.Array) -> np.ndarray:
+        """Codes of distinct `uniques`; unseen ones are appended in the order given."""
+        found = pc.index_in(uniques, value_set=self.values)
+        new = found.is_null().to_numpy(zero_copy_only=False)
+        codes = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         if new.any():
-            start = len(self.index)
-            self.index = self.index.append(pd.Index(uniques[new], dtype=object))
-            codes[new] = np.arange(start, len(self.index))
+            start = len(self.values)
+            self.values = pa.concat_arrays([self.values, uniques.filter(pa.array(new))])
+            codes[new] = np.arange(start, len(self.values))
         return codes
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.values)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bert4rec import readers
+from bert4rec import readers, tracking
 from bert4rec.config import RawParams
 from bert4rec.errors import UserError
 from bert4rec.fileio import atomic_file, ensure_dir, write_json
@@ -63,7 +63,7 @@ class Spill:
 
 def decoded_ids(values: "readers.FirstSeen") -> pa.Array:
     """Original ids, as int64 when every id is a canonical integer (lossless), else strings."""
-    strings = pa.array(values.index.to_numpy(), type=pa.string())
+    strings = values.values
     canonical = pc.match_substring_regex(strings, r"^(0|-?[1-9][0-9]{0,17})$")
     if len(strings) and pc.all(canonical).as_py():
         return pc.cast(strings, pa.int64())
@@ -193,5 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     paths, params = open_project(args.project)
-    run(paths, params.raw)
+    with tracking.stage_run("raw", paths, params.model_dump(mode="json", include={"raw"})):
+        summary = run(paths, params.raw)
+        tracking.log_metrics({k: summary[k] for k in ("read", "users", "items", "interactions", "dropped", "history_length")})
+        tracking.log_artifact(paths.raw_summary)
     return 0

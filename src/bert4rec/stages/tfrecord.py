@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bert4rec import masking, readers
+from bert4rec import masking, readers, tracking
 from bert4rec.config import TfrecordParams, params_hash
 from bert4rec.errors import UserError
 from bert4rec.fileio import atomic_dir, atomic_file, write_json
@@ -51,17 +51,16 @@ class ShardJob:
 
 def build_vocabulary(sequences: Path, out: Path) -> int:
     """Items by descending frequency (ties: first appearance); token = rank + 2."""
-    seen = readers.FirstSeen()
-    counts = np.zeros(0, dtype=np.int64)
     source = pq.ParquetFile(sequences)
+    seen = readers.FirstSeen(source.schema_arrow.field("items").type.value_type)
+    counts = np.zeros(0, dtype=np.int64)
     for group in range(source.num_row_groups):
         flat = source.read_row_group(group, columns=["items"]).column("items").combine_chunks().flatten()
         codes = readers.first_seen_codes(pa.chunked_array([flat]), seen)
         counts = np.concatenate([counts, np.zeros(len(seen) - len(counts), dtype=np.int64)])
         np.add.at(counts, codes, 1)
-        item_type = flat.type
     order = np.argsort(-counts, kind="stable")
-    ids = pa.array(seen.index.to_numpy()[order].tolist(), type=item_type)
+    ids = seen.values.take(pa.array(order))
     table = pa.table(
         {
             "token": np.arange(FIRST_ITEM, FIRST_ITEM + len(order), dtype=np.int32),
@@ -74,25 +73,25 @@ def build_vocabulary(sequences: Path, out: Path) -> int:
     return len(order)
 
 
-def load_vocabulary(path: Path) -> pd.Index:
+def load_vocabulary(path: Path) -> pa.Array:
+    """Item ids in token order (token = position + 2)."""
     if not path.exists():
         raise UserError(
             f"{path}: no saved item vocabulary; it is written when a model is trained "
             "(raw.task train_val_test or train_val), and test/inference reuse it"
         )
-    ids = pq.read_table(path, columns=["item_id"]).column("item_id").to_numpy(zero_copy_only=False)
-    return pd.Index(ids)
+    return pq.read_table(path, columns=["item_id"]).column("item_id").combine_chunks()
 
 
-def tokens_of(items: pa.ChunkedArray, vocab: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+def tokens_of(items: pa.ChunkedArray, vocab: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Flat tokens (-1 = unknown to the vocabulary) and per-user offsets."""
     lists = items.combine_chunks()
     offsets = lists.offsets.to_numpy().astype(np.int64)
-    flat = lists.flatten().to_numpy(zero_copy_only=False)
-    if len(vocab) and vocab.dtype.kind in "iu" and flat.dtype.kind not in "iu":
-        flat = pd.to_numeric(flat, errors="coerce")
-    codes = vocab.get_indexer(flat)
-    return np.where(codes >= 0, codes + FIRST_ITEM, -1).astype(np.int64), offsets
+    flat = lists.flatten()
+    if flat.type != vocab.type:  # e.g. integer ids in the vocabulary, string ids in new data
+        flat, vocab = pc.cast(flat, pa.string()), pc.cast(vocab, pa.string())
+    codes = pc.index_in(flat, value_set=vocab).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.where(codes >= 0, codes + FIRST_ITEM, -1), offsets
 
 
 def training_examples(tokens, starts, ends, params: TfrecordParams, num_tokens, rng):
@@ -279,5 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     paths, params = open_project(args.project)
-    run(paths, params.tfrecord, params.raw.task)
+    with tracking.stage_run("tfrecord", paths, params.model_dump(mode="json", include={"raw", "tfrecord"})):
+        manifest = run(paths, params.tfrecord, params.raw.task)
+        tracking.log_metrics(
+            {
+                "examples": {split: info["examples"] for split, info in manifest["splits"].items()},
+                "vocab_size": manifest["vocab_size"],
+                "unknown_items": manifest["unknown_items"],
+            }
+        )
+        tracking.log_artifact(paths.records / "manifest.json")
     return 0
