@@ -10,80 +10,16 @@ import logging
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 from bert4rec import readers, tracking
 from bert4rec.config import RawParams
 from bert4rec.errors import UserError
-from bert4rec.fileio import atomic_file, ensure_dir, write_json
+from bert4rec.fileio import ensure_dir, write_json
 from bert4rec.paths import ProjectPaths
 from bert4rec.progress import progress
 from bert4rec.project import configure_logging, open_project, stage_parser
+from bert4rec.sequences import Spill, decoded_ids, write_sequences
 
 log = logging.getLogger("bert4rec.raw")
-
-EVENT = np.dtype([("user", "<i8"), ("item", "<i8"), ("time", "<f8")])
-EVENT_INT_TIME = np.dtype([("user", "<i8"), ("item", "<i8"), ("time", "<i8")])
-
-
-class Spill:
-    """Per-chunk-of-users event files, appended in input order."""
-
-    def __init__(self, folder: Path, users_per_chunk: int):
-        self.folder = folder
-        self.users_per_chunk = users_per_chunk
-        self.dtype: np.dtype | None = None
-        self.handles: dict[int, object] = {}
-
-    def append(self, users: np.ndarray, items: np.ndarray, times: np.ndarray | None) -> None:
-        if self.dtype is None:
-            self.dtype = EVENT_INT_TIME if times is None or times.dtype.kind in "iu" else EVENT
-        rows = np.empty(len(users), dtype=self.dtype)
-        rows["user"], rows["item"] = users, items
-        rows["time"] = 0 if times is None else times
-        chunk = users // self.users_per_chunk
-        order = np.argsort(chunk, kind="stable")
-        rows, chunk = rows[order], chunk[order]
-        ids, starts = np.unique(chunk, return_index=True)
-        for chunk_id, part in zip(ids.tolist(), np.split(rows, starts[1:])):
-            handle = self.handles.get(chunk_id)
-            if handle is None:
-                handle = self.handles[chunk_id] = open(self.folder / f"{chunk_id:06d}.bin", "wb")
-            part.tofile(handle)
-
-    def chunks(self):
-        for handle in self.handles.values():
-            handle.close()
-        for chunk_id in sorted(self.handles):
-            yield np.fromfile(self.folder / f"{chunk_id:06d}.bin", dtype=self.dtype)
-
-
-def decoded_ids(values: "readers.FirstSeen") -> pa.Array:
-    """Original ids, as int64 when every id is a canonical integer (lossless), else strings."""
-    strings = values.values
-    canonical = pc.match_substring_regex(strings, r"^(0|-?[1-9][0-9]{0,17})$")
-    if len(strings) and pc.all(canonical).as_py():
-        return pc.cast(strings, pa.int64())
-    return strings
-
-
-def sequences_schema(id_type: pa.DataType, item_type: pa.DataType) -> pa.Schema:
-    return pa.schema(
-        [("user_index", pa.int32()), ("user_id", id_type), ("items", pa.list_(item_type))]
-    )
-
-
-def percentiles(lengths: np.ndarray) -> dict:
-    points = np.percentile(lengths, [25, 50, 75, 90, 99]) if len(lengths) else [0] * 5
-    return {
-        "min": int(lengths.min()) if len(lengths) else 0,
-        **{f"p{p}": float(v) for p, v in zip((25, 50, 75, 90, 99), points)},
-        "max": int(lengths.max()) if len(lengths) else 0,
-        "mean": round(float(lengths.mean()), 4) if len(lengths) else 0.0,
-    }
 
 
 def run(paths: ProjectPaths, raw: RawParams) -> dict:
@@ -124,68 +60,6 @@ def run(paths: ProjectPaths, raw: RawParams) -> dict:
         summary["users"], summary["items"], summary["interactions"], paths.sequences,
     )
     return summary
-
-
-def write_sequences(paths, raw, spill, user_ids, item_ids, n_items) -> dict:
-    min_length = raw.min_length()
-    item_counts = np.zeros(n_items, dtype=np.int64)
-    repeats = short_users = short_events = kept_users = 0
-    lengths_kept = []
-    user_map_parts = []
-    schema = sequences_schema(user_ids.type, item_ids.type)
-    with atomic_file(paths.sequences) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for rows in progress(spill.chunks(), desc="raw: sequences", unit=" chunks"):
-            order = np.lexsort((rows["time"], rows["user"]))  # stable: ties keep input order
-            user, item = rows["user"][order], rows["item"][order]
-            if raw.drop_consecutive_repeats:
-                keep = np.ones(len(user), dtype=bool)
-                keep[1:] = (item[1:] != item[:-1]) | (user[1:] != user[:-1])
-                repeats += int((~keep).sum())
-                user, item = user[keep], item[keep]
-            codes, starts, lengths = np.unique(user, return_index=True, return_counts=True)
-            long_enough = lengths >= min_length
-            short_users += int((~long_enough).sum())
-            short_events += int(lengths[~long_enough].sum())
-            event_keep = np.repeat(long_enough, lengths)
-            item = item[event_keep]
-            codes, lengths = codes[long_enough], lengths[long_enough]
-            if not len(codes):
-                continue
-            np.add.at(item_counts, item, 1)
-            index = np.arange(kept_users, kept_users + len(codes), dtype=np.int32)
-            kept_users += len(codes)
-            offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-            np.cumsum(lengths, out=offsets[1:])
-            chunk_user_ids = user_ids.take(pa.array(codes))
-            table = pa.table(
-                {
-                    "user_index": index,
-                    "user_id": chunk_user_ids,
-                    "items": pa.ListArray.from_arrays(pa.array(offsets), item_ids.take(pa.array(item))),
-                },
-                schema=schema,
-            )
-            writer.write_table(table)
-            user_map_parts.append(pa.table({"user_index": index, "user_id": chunk_user_ids}))
-            lengths_kept.append(lengths)
-        if kept_users == 0:
-            raise UserError(
-                f"{paths.resolve_input(raw.input)}: no users left after min length {min_length} "
-                f"(task {raw.task}); every history is shorter"
-            )
-    with atomic_file(paths.user_map) as tmp:
-        pq.write_table(pa.concat_tables(user_map_parts), tmp)
-    lengths = np.concatenate(lengths_kept)
-    return {
-        "users": kept_users,
-        "items": int((item_counts > 0).sum()),
-        "interactions": int(lengths.sum()),
-        "dropped": {
-            "consecutive_repeats": {"events": repeats},
-            "short_histories": {"users": short_users, "events": short_events, "min_length": min_length},
-        },
-        "history_length": percentiles(lengths),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
