@@ -184,3 +184,17 @@ def test_ml100k_summary(tmp_path):
     got = summary(project)
     assert (got["users"], got["items"], got["interactions"]) == (943, 1682, 100000)
     assert "timestamp='column_3'" in got["format"]
+
+
+def test_datetime_strings_and_columns_by_position(tmp_path):
+    path = write(tmp_path, "log.tsv", "x\t2021-03-01 10:00:00\tA\t1\nx\t2021-02-01 09:00:00\tB\t1\nx\t2021-01-01\tC\t1\n")
+    project = make_project(tmp_path / "p", path, raw={"columns": {"user": 0, "item": 2, "timestamp": 1}})
+    assert run_raw(project) == 0
+    assert sequences(project)[0]["items"] == ["C", "B", "A"]
+
+
+def test_bad_timestamp_column_is_named(tmp_path, capsys):
+    path = write(tmp_path, "log.csv", "user_id,item_id,timestamp\n1,2,yesterday\n1,3,today\n")
+    project = make_project(tmp_path / "p", path)
+    assert run_raw(project) == 2
+    assert "column 'timestamp' is not a timestamp" in capsys.readouterr().err
