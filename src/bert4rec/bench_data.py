@@ -34,7 +34,11 @@ PREDECESSOR_SETTINGS = {
 
 
 def measure(command: list[str]) -> dict:
-    """Run a command; return wall seconds, the largest single process RSS and the tree's peak sum."""
+    """Run a command; return wall seconds, the largest process's peak RSS and the tree's peak PSS.
+
+    PSS (proportional set size) splits pages shared after fork() between the processes, so the
+    tree's sum is the memory the command really needs; a sum of RSS would count them repeatedly.
+    """
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     root = psutil.Process(process.pid)
@@ -42,13 +46,15 @@ def measure(command: list[str]) -> dict:
     while process.poll() is None:
         try:
             members = [root, *root.children(recursive=True)]
-            sizes = []
+            rss, pss = [], []
             for member in members:
                 try:
-                    sizes.append(member.memory_info().rss)
+                    info = member.memory_full_info()
+                    rss.append(info.rss)
+                    pss.append(info.pss)
                 except psutil.Error:
                     pass
-            peak_single, peak_tree = max(peak_single, max(sizes, default=0)), max(peak_tree, sum(sizes))
+            peak_single, peak_tree = max(peak_single, max(rss, default=0)), max(peak_tree, sum(pss))
         except psutil.Error:
             pass
         time.sleep(0.05)
@@ -56,7 +62,7 @@ def measure(command: list[str]) -> dict:
     stderr = process.stderr.read()
     if process.returncode:
         raise UserError(f"benchmark step failed: {' '.join(command)}\n{stderr.strip()}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak_single / 2**20), "peak_tree_rss_mb": round(peak_tree / 2**20)}
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak_single / 2**20), "peak_tree_pss_mb": round(peak_tree / 2**20)}
 
 
 def stage(name: str, project: Path) -> dict:
