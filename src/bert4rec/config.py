@@ -119,11 +119,20 @@ class TrainValParams(Section):
     keep_checkpoints: int = Field(5, ge=1)
     eval_every_steps: int = Field(1000, gt=0)
     early_stopping_patience: int = Field(5, ge=0)  # evaluations without improvement; 0 = off
+    log_every_steps: int = Field(100, gt=0)  # training loss/learning rate to MLflow and TensorBoard
+    length_buckets: int = Field(4, ge=1)  # batches of similar lengths, cut to the bucket width; 1 = off
     training_time_limit_seconds: float | None = Field(None, gt=0)
     distribution: Literal["default", "mirrored", "multi_worker_mirrored"] = "default"
     mixed_precision: Literal["off", "mixed_bfloat16", "mixed_float16"] = "off"
     deterministic_ops: bool = False
     seed: int = Field(42, ge=0)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        # `dvc exp run -S` rewrites params.yaml as YAML 1.2, leaving `off` unquoted; PyYAML
+        # (YAML 1.1) then reads it as False. Both spellings mean "off".
+        return "off" if value is False else value
 
 
 class TestParams(Section):

@@ -1,0 +1,142 @@
+"""Quality benchmark: BERT4Rec on ML-1M through raw -> tfrecord -> train_val -> test -> inference.
+
+Protocol of the published results (anchors.md): leave-one-out, full ranking over all items,
+seen items removed, all 6,040 users. Training is capped by train_val.training_time_limit_seconds.
+Each stage runs as its own process (peak RSS sampled over its process tree, log in
+<work>/logs/); inference users/s is then timed in-process over every user, excluding start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+from bert4rec.errors import UserError
+from bert4rec.fileio import read_json, write_json
+
+ML1M = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ml-1m" / "ml-1m.txt.gz"
+MODEL_NAME = "bench"
+# Chosen from short runs on the 2-core CPU: see README "Quality benchmark".
+SETTINGS = {
+    "raw": {"task": "train_val_test"},
+    "tfrecord": {"max_seq_length": 200, "max_predictions_per_seq": 40, "masked_lm_prob": 0.2, "mask_prob": 1.0,
+                 "dupe_factor": 10, "prop_sliding_window": 0.5, "masking": "dynamic", "num_shards": 4, "pool_size": 2},
+    "train_val": {
+        "model_name": MODEL_NAME,
+        "model": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256,
+                  "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 200},
+        "batch_size": 128, "learning_rate": 0.0015, "num_warmup_steps": 100,
+        "num_train_steps": 100000,  # the time limit ends training; the rate decays over that time
+        "eval_every_steps": 500, "save_checkpoints_steps": 500, "early_stopping_patience": 6, "length_buckets": 4,
+    },
+    "test": {"sampled_negatives": 100},
+    "inference": {"top_k": 10, "item_predictions": True, "user_embeddings": False},
+}
+TARGETS = {"ndcg_at_10": 0.155, "hit_at_10": 0.28, "training_sequences_per_second": 180.0,
+           "inference_users_per_second": 3000.0, "peak_rss_mb": 2.6 * 1024}
+
+
+def make_project(root: Path, data: Path, minutes: float) -> Path:
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "data" / "external").mkdir(parents=True)
+    (root / "data" / "external" / data.name).symlink_to(data.resolve())
+    params = json.loads(json.dumps(SETTINGS))
+    params["raw"]["input"] = f"data/external/{data.name}"
+    params["train_val"]["training_time_limit_seconds"] = minutes * 60
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def stage(name: str, project: Path, logs: Path) -> dict:
+    """Run one stage as a process; wall time and peak RSS summed over its process tree."""
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{name}.log"
+    started = time.perf_counter()
+    with open(log, "w") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "bert4rec.cli", name, "--project", str(project)],
+                                   stdout=handle, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "BERT4REC_TRACKING": os.environ.get("BERT4REC_TRACKING", "off")})
+        root, peak = psutil.Process(process.pid), 0
+        while process.poll() is None:
+            try:
+                members = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(m.memory_info().rss for m in members if m.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+    if process.returncode:
+        raise UserError(f"bench-quality: stage {name} failed (exit {process.returncode}); see {log}")
+    return {"wall_s": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak / 2**20)}
+
+
+def inference_speed(project: Path, batch_size: int = 1024) -> dict:
+    """Top-10 over the full catalogue for every user, seen items removed; one warm-up pass first."""
+    from bert4rec import dataset, modelstore, scoring
+
+    records = project / "data" / "processed" / "records"
+    manifest = dataset.load_manifest(records)
+    model, _ = modelstore.load_model(project / "models" / MODEL_NAME, manifest)
+    scoring.predict(model, records, manifest, "inference", batch_size, 10)
+    started = time.perf_counter()
+    users, _, _, _ = scoring.predict(model, records, manifest, "inference", batch_size, 10)
+    seconds = time.perf_counter() - started
+    return {"users": int(len(users)), "seconds": round(seconds, 3), "users_per_second": round(len(users) / seconds, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bert4rec bench-quality", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ML1M, help="ML-1M in the SASRec/BERT4Rec 'user item' format")
+    parser.add_argument("--work", type=Path, default=Path("bench/quality"), help="scratch project folder")
+    parser.add_argument("--out", type=Path, default=Path("bench/quality.json"))
+    parser.add_argument("--minutes", type=float, default=60.0, help="training budget (wall clock)")
+    args = parser.parse_args(argv)
+    if not args.data.exists():
+        raise UserError(f"{args.data}: ML-1M file not found (../shared/data/ml-1m beside the checkout, or --data)")
+    project = make_project(args.work / "ml1m", args.data, args.minutes)
+    started = time.perf_counter()
+    stages = {name: stage(name, project, args.work / "logs") for name in ("raw", "tfrecord", "train_val", "test", "inference")}
+    speed = inference_speed(project)
+    model = read_json(project / "models" / MODEL_NAME / "model.json", "model description")
+    test = read_json(project / "results" / MODEL_NAME / "test_metrics.json", "test metrics")
+    baseline = test.pop("most_popular")
+    peak = max(s["peak_rss_mb"] for s in stages.values())
+    result = {
+        "dataset": str(args.data.name),
+        "protocol": "leave-one-out, full ranking over all items, seen items removed, all users",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "test": test,
+        "most_popular": baseline,
+        "valid": model.get("valid"),
+        "training": {
+            "seconds": model.get("training_seconds"), "steps": model.get("trained_steps"),
+            "best_step": model.get("best_step"), "stopped_early": model.get("stopped_early"),
+            "sequences_per_second": model.get("training_sequences_per_second"),
+        },
+        "inference": speed,
+        "stages": stages,
+        "peak_rss_mb": peak,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "config": yaml.safe_load((project / "models" / MODEL_NAME / "config.yaml").read_text()),
+    }
+    measured = {"ndcg_at_10": test["ndcg_at_10"], "hit_at_10": test["hit_at_10"],
+                "training_sequences_per_second": result["training"]["sequences_per_second"] or 0.0,
+                "inference_users_per_second": speed["users_per_second"], "peak_rss_mb": peak}
+    result["targets"] = {
+        key: {"target": target, "measured": measured[key],
+              "met": measured[key] <= target if key == "peak_rss_mb" else measured[key] >= target}
+        for key, target in TARGETS.items()
+    }
+    write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return 0

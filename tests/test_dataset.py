@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bert4rec import dataset
+from bert4rec.records import MASK, PAD
+
+PARAMS = {"max_predictions_per_seq": 4, "masked_lm_prob": 0.2, "mask_prob": 1.0, "dupe_factor": 10,
+          "short_seq_prob": 0.0}
+
+
+def windows(count=64, width=20, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, width + 1, size=count)
+    ids = rng.integers(2, 50, size=(count, width)).astype(np.int32)
+    ids[np.arange(width)[None, :] < (width - lengths)[:, None]] = PAD
+    return ids, lengths
+
+
+def mask(ids, params=PARAMS, seed=(1, 2)):
+    out = dataset.dynamic_mask(tf.constant(seed, tf.int64), tf.constant(ids), params, 50)
+    return [x.numpy() for x in out]
+
+
+def test_dynamic_mask_follows_the_cloze_rules():
+    ids, lengths = windows()
+    inputs, positions, labels = mask(ids)
+    used = labels != PAD
+    last_only = (used.sum(1) == 1) & (positions[:, 0] == ids.shape[1] - 1) & (inputs[:, -1] == MASK)
+    expected = np.clip(np.rint(lengths * 0.2), 1, 4)
+    regular = ~last_only
+    assert (used.sum(1)[regular] == expected[regular]).all()
+    rows = np.repeat(np.arange(len(ids)), 4).reshape(-1, 4)
+    assert (labels[used] == ids[rows[used], positions[used]]).all()  # labels are the original items
+    assert (inputs[rows[used], positions[used]] == MASK).all()  # mask_prob 1: all become [MASK]
+    assert (labels[used] != PAD).all() and (positions[~used] == 0).all()
+    untouched = np.ones_like(ids, dtype=bool)
+    untouched[rows[used], positions[used]] = False
+    assert (inputs[untouched] == ids[untouched]).all()
+    for row in np.flatnonzero(regular):
+        assert (np.diff(positions[row][used[row]]) > 0).all()  # sorted, distinct
+
+
+def test_dynamic_mask_is_seeded():
+    ids, _ = windows()
+    first, again, other = mask(ids, seed=(1, 2)), mask(ids, seed=(1, 2)), mask(ids, seed=(1, 3))
+    assert all((a == b).all() for a, b in zip(first, again))
+    assert any((a != b).any() for a, b in zip(first, other))
+
+
+def test_last_item_only_share_is_one_in_dupe_factor_plus_one():
+    ids, _ = windows(count=4000, seed=1)
+    inputs, positions, labels = mask(ids, {**PARAMS, "dupe_factor": 3})
+    single_last = ((labels != PAD).sum(1) == 1) & (positions[:, 0] == 19) & (labels[:, 0] == ids[:, -1])
+    full_length_rows = (ids != PAD).sum(1) >= 10  # these mask 2+ items unless last-only
+    assert single_last[full_length_rows].mean() == pytest.approx(0.25, abs=0.03)
+
+
+def test_keep_or_random_replacement_when_mask_prob_below_one():
+    ids, _ = windows(count=2000, seed=2)
+    inputs, positions, labels = mask(ids, {**PARAMS, "mask_prob": 0.0})
+    rows = np.repeat(np.arange(len(ids)), 4).reshape(-1, 4)
+    last_only = inputs[:, -1] == MASK  # the mask-last examples always use [MASK]
+    used = (labels != PAD) & ~last_only[:, None]
+    replaced = inputs[rows[used], positions[used]]
+    assert not (replaced == MASK).any()
+    assert (replaced == labels[used]).mean() == pytest.approx(0.5, abs=0.05)
+
+
+def test_bucket_widths():
+    assert dataset.bucket_lengths(200, 4) == [50, 100, 150, 200]
+    assert dataset.bucket_lengths(200, 1) == [200]
+
+
+@pytest.mark.parametrize("masking", ["dynamic", "static"])
+def test_training_batches_from_the_shards(synthetic_project, masking):
+    import yaml
+
+    from bert4rec import cli
+
+    params = yaml.safe_load((synthetic_project / "params.yaml").read_text())
+    params["tfrecord"]["masking"] = masking
+    (synthetic_project / "params.yaml").write_text(yaml.safe_dump(params))
+    assert cli.main(["raw", "--project", str(synthetic_project)]) == 0
+    assert cli.main(["tfrecord", "--project", str(synthetic_project)]) == 0
+    records = synthetic_project / "data" / "processed" / "records"
+    manifest = dataset.load_manifest(records)
+    first = list(dataset.training_batches(records, manifest, 16, epoch=0, seed=1, buckets=2).as_numpy_iterator())
+    again = list(dataset.training_batches(records, manifest, 16, epoch=0, seed=1, buckets=2).as_numpy_iterator())
+    other = list(dataset.training_batches(records, manifest, 16, epoch=1, seed=1, buckets=2).as_numpy_iterator())
+    assert all((a == b).all() for x, y in zip(first, again) for a, b in zip(x, y))
+    assert any((a != b).any() for x, y in zip(first, other) for a, b in zip(x, y))
+    widths = set()
+    for inputs, positions, labels in first:
+        widths.add(inputs.shape[1])
+        assert inputs.shape[0] == 16 and positions.shape == labels.shape == (16, 4)
+        rows = np.repeat(np.arange(16), 4).reshape(16, 4)
+        used = labels != PAD
+        assert used.any(axis=1).all()
+        assert (inputs[rows[used], positions[used]] != PAD).all()  # masked slots lie inside the history
+    assert widths <= {10, 20} and 20 in widths
+    dropped = manifest["splits"]["train"]["examples"] - sum(len(batch[0]) for batch in first)
+    assert 0 <= dropped < 2 * 16  # only each bucket's last partial batch is left out
