@@ -6,25 +6,61 @@ BIN := $(VENV)/bin
 B4R := $(BIN)/bert4rec
 
 .DEFAULT_GOAL := help
-.PHONY: help install check raw tfrecord bench-data
+STAGES := raw tfrecord train_val test inference
+F ?=
+PORT ?= 5000
+.PHONY: help install check $(STAGES) project use pipeline ui demo bench-data
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
 
 install: ## create .venv with the pinned dependencies (requirements.lock) and the package
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c requirements.lock -e ".[dev]"
+	$(BIN)/pip install -qq --upgrade pip
+	$(BIN)/pip install -qq -c requirements.lock -e ".[dev]"  # -qq: errors only
 	@echo "installed: $$($(BIN)/python -c 'import tensorflow as tf, keras, mlflow, dvc; print("tensorflow", tf.__version__, "keras", keras.__version__, "mlflow", mlflow.__version__)' 2>/dev/null)"
 
 check: ## run the test suite (the test *stage* is `make test`)
 	$(BIN)/python -m pytest -q
 
-raw: ## raw stage: input file -> per-user sequences
-	$(B4R) raw
+raw: ## raw stage: input -> per-user sequences; each stage target commits+pushes, opens an MLflow run, dvc repro, commits dvc.lock, dvc push (F=-f forces)
+	$(B4R) run $@ $(F)
 
-tfrecord: ## tfrecord stage: sequences -> vocabulary + sharded TFRecords
-	$(B4R) tfrecord
+tfrecord: ## tfrecord stage: sequences -> vocabulary + sharded TFRecords (same wrapping as raw)
+	$(B4R) run $@ $(F)
+
+train_val: ## train_val stage: train the model on the active project (same wrapping as raw)
+	$(B4R) run $@ $(F)
+
+test: ## test stage: evaluate the model (ndcg/hit/mrr) (same wrapping as raw)
+	$(B4R) run $@ $(F)
+
+inference: ## inference stage: top-N items (and user embeddings) per user (same wrapping as raw)
+	$(B4R) run $@ $(F)
+
+project: | $(B4R) ## create projects/$(NAME) from DATA=<file> and make it active: make project NAME=x DATA=file
+	@test -n "$(NAME)" -a -n "$(DATA)" || { echo "usage: make project NAME=<name> DATA=<file>" >&2; exit 2; }
+	$(B4R) project "$(NAME)" "$(DATA)"
+
+use: ## make another project active (make use NAME=x; without NAME: list projects)
+	$(B4R) use $(NAME)
+
+pipeline: ## re-render dvc.yaml for the active project from config/pipeline.yaml
+	$(B4R) pipeline
+
+ui: ## MLflow UI for the local store on http://127.0.0.1:$(PORT)
+	$(B4R) ui --port $(PORT)
+
+demo: | $(B4R) ## MovieLens-1M (GroupLens download + MD5 check, or DATA=<local copy>) through inference
+	$(B4R) demo $(if $(DATA),--data "$(DATA)")
+
+# A fresh clone: `make demo` / `make project` install first.
+$(B4R):
+	$(MAKE) install
 
 bench-data: ## time raw+tfrecord on ML-1M and on a 20M-event synthetic log (writes bench/data.json)
 	$(B4R) bench-data
+
+.PHONY: bench-quality
+bench-quality: ## ML-1M quality benchmark: <= 60 min training, test NDCG@10/HR@10 + speed (writes bench/quality.json)
+	$(B4R) bench-quality

@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) is not for users; errors stay.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bert4rec.errors import UserError
 
 COMMANDS = {
     "raw": ("bert4rec.stages.raw", "input file -> per-user item sequences (Parquet)"),
     "tfrecord": ("bert4rec.stages.tfrecord", "sequences -> vocabulary + sharded TFRecords"),
+    "train_val": ("bert4rec.stages.train_val", "train BERT4Rec on the train split, validate, export the model"),
+    "test": ("bert4rec.stages.test", "full-ranking metrics of a trained model on the test split"),
+    "inference": ("bert4rec.stages.inference", "top-N next items (and user embeddings) per user"),
+    "project": ("bert4rec.workspace:main_project", "create projects/<name>/ from an input file and make it active"),
+    "use": ("bert4rec.workspace:main_use", "make another project active (no name: list the projects)"),
+    "pipeline": ("bert4rec.pipeline", "render dvc.yaml for the active project from config/pipeline.yaml"),
+    "run": ("bert4rec.orchestrate", "git commit/push + MLflow parent run + dvc repro <stage> + commit dvc.lock + dvc push"),
+    "ui": ("bert4rec.orchestrate:main_ui", "serve the MLflow UI of the local store on 127.0.0.1"),
+    "demo": ("bert4rec.demo", "MovieLens-1M (download + checksum, or --data FILE) through inference"),
     "synth": ("bert4rec.synthetic", "write a deterministic synthetic dataset (for tests and demos)"),
     "bench-data": ("bert4rec.bench_data", "time raw+tfrecord on ML-1M and a large synthetic log"),
+    "bench-quality": ("bert4rec.bench_quality", "ML-1M quality + speed benchmark of the whole pipeline (<= 60 min training)"),
 }
 
 
@@ -31,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command '{command}'\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
+    module_name, _, function = COMMANDS[command][0].partition(":")
     try:
-        return module.main(rest) or 0
+        entry = getattr(importlib.import_module(module_name), function or "main")
+        return entry(rest) or 0
     except UserError as error:
         logging.getLogger("bert4rec").debug("user error", exc_info=True)
         print(f"error: {error}", file=sys.stderr)

@@ -10,8 +10,6 @@ from bert4rec.config import Params, load_params
 from bert4rec.errors import UserError
 from bert4rec.paths import ProjectPaths
 
-ROOT_PARAMS = Path("params.yaml")
-
 
 def stage_parser(stage: str, doc: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"bert4rec {stage}", description=doc)
@@ -36,20 +34,16 @@ def configure_logging(verbose: bool = False) -> None:
 def open_project(project: Path | None) -> tuple[ProjectPaths, Params]:
     """The project is projects/<name>/ and its parameters are projects/<name>/params.yaml.
 
-    The root params.yaml is a link to the active project's file, so DVC (`dvc exp run -S`)
-    and the stages read the same single file.
+    Without --project the active project is used (config/active_project, set by
+    `make project` / `make use`); its params.yaml is a link to the root params.yaml, which DVC
+    (`dvc exp run -S`) edits, so the stages and DVC read the same single file.
     """
     if project is None:
-        if not ROOT_PARAMS.exists():
-            raise UserError(
-                "params.yaml: no active project; create one with "
-                "`make project NAME=<name> DATA=<file>` or pass --project projects/<name>"
-            )
-        params_file = ROOT_PARAMS.resolve()
-        paths = ProjectPaths(params_file.parent)
+        from bert4rec import workspace
+
+        paths = workspace.active_paths(Path.cwd())
     else:
         if not project.is_dir():
             raise UserError(f"{project}: project folder not found")
         paths = ProjectPaths(project)
-        params_file = paths.params
-    return paths, load_params(params_file)
+    return paths, load_params(paths.params)

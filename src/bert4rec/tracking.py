@@ -4,21 +4,35 @@ Without configuration runs go to a local sqlite store (`mlflow.db` at the reposi
 MLFLOW_TRACKING_URI (from the environment or `.env`) points them at a tracking server.
 BERT4REC_TRACKING=off turns tracking off (unit tests). Everything here is a no-op outside an
 open stage run, so library code can log unconditionally.
+
+Layout in MLflow: one experiment per project; `make <stage>` opens a parent run (see
+`pipeline_run`) and every stage DVC executes inside it is a child run (BERT4REC_PARENT_RUN_ID).
+Each run is tagged with the project, stage, model name, git commit and dirty flag, the DVC
+stage and the input's DVC hash (dataset lineage); the stage -> run id mapping is kept in
+projects/<name>/config/config_mlflow.yaml, as the predecessor's users expect.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+import yaml
+
+from bert4rec.errors import UserError
 from bert4rec.paths import ProjectPaths
 
 SWITCH = "BERT4REC_TRACKING"
-PARENT_RUN = "BERT4REC_PARENT_RUN_ID"  # set by the Makefile around a `make <stage>` call
+PARENT_RUN = "BERT4REC_PARENT_RUN_ID"  # set by `bert4rec run` (the Makefile) around `dvc repro`
+RUNS_FILE = Path("config") / "config_mlflow.yaml"
 
 _run = None
+_curves: dict[int, dict[str, float]] | None = None  # per-step metrics of the open stage run
+_model_logged = False
 
 
 def enabled() -> bool:
@@ -29,11 +43,20 @@ def repository_root(paths: ProjectPaths) -> Path:
     return paths.root.resolve().parent.parent  # projects/<name> -> repository
 
 
-def tracking_uri(paths: ProjectPaths) -> str:
+def load_env(root: Path) -> None:
+    """Settings from `<root>/.env` (never overriding the real environment)."""
     from dotenv import load_dotenv
 
-    load_dotenv(repository_root(paths) / ".env", override=False)
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root(paths) / 'mlflow.db'}"
+    load_dotenv(root / ".env", override=False)
+
+
+def tracking_uri(paths: ProjectPaths) -> str:
+    return uri_for_root(repository_root(paths))
+
+
+def uri_for_root(root: Path) -> str:
+    load_env(root)
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.resolve() / 'mlflow.db'}"
 
 
 def experiment_name(paths: ProjectPaths) -> str:
@@ -51,34 +74,187 @@ def flatten(data: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-@contextlib.contextmanager
-def stage_run(stage: str, paths: ProjectPaths, params: dict, tags: dict | None = None) -> Iterator[None]:
-    """One MLflow run for one stage execution: params flattened, tags, FAILED on error."""
-    global _run
-    if not enabled():
-        yield
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server that does not answer is one clear error, not minutes of retries."""
+    if not uri.startswith(("http://", "https://")):
         return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            if response.status >= 500:
+                raise UserError(f"MLflow tracking server {uri} answered HTTP {response.status}")
+    except urllib.error.HTTPError as error:
+        if error.code >= 500:
+            raise UserError(f"MLflow tracking server {uri} answered HTTP {error.code}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix "
+            "MLFLOW_TRACKING_URI in .env, or unset it to use the local mlflow.db"
+        ) from None
+
+
+def _client(root: Path):
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(paths))
-    mlflow.set_experiment(experiment_name(paths))
-    run_tags = {"project": paths.name, "stage": stage, **(tags or {})}
+    uri = uri_for_root(root)
+    check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
+
+
+def _experiment_id(root: Path, name: str) -> str:
+    """One experiment per project, created once; local stores keep artifacts in mlartifacts/."""
+    client = _client(root)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    location = None
+    if not uri_for_root(root).startswith(("http://", "https://")):
+        location = (root.resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    from bert4rec import vcs
+
+    if not vcs.is_git_repo(root):
+        return {"git_commit": "none", "git_dirty": "unknown"}
+    return {"git_commit": vcs.head_commit(root) or "none", "git_dirty": str(vcs.is_dirty(root)).lower(),
+            "mlflow.source.git.commit": vcs.head_commit(root) or "none"}
+
+
+def dataset_pointer(paths: ProjectPaths, raw_input: str | None) -> Path | None:
+    if not raw_input:
+        return None
+    return paths.resolve_input(raw_input).with_name(Path(raw_input).name + ".dvc")
+
+
+def _model_name(params: dict) -> str | None:
+    for section in ("train_val", "test", "inference"):
+        value = (params.get(section) or {}).get("model_name") if isinstance(params.get(section), dict) else None
+        if value:
+            return value
+    return params.get("model_name")
+
+
+def _record_run(paths: ProjectPaths, stage: str, run, experiment: str) -> None:
+    """Keep the stage -> run id mapping inside the project (config/config_mlflow.yaml)."""
+    path = paths.root / RUNS_FILE
+    try:
+        data = yaml.safe_load(path.read_text()) if path.exists() else {}
+    except yaml.YAMLError:
+        data = {}
+    data = data or {}
+    data["experiment_name"] = experiment
+    data["experiment_id"] = run.info.experiment_id
+    data["tracking_uri"] = uri_for_root(repository_root(paths))
+    data.setdefault("stages", {})[stage] = {
+        "run_id": run.info.run_id,
+        "parent_run_id": os.environ.get(PARENT_RUN) or None,
+        "git_commit": run.data.tags.get("git_commit"),
+    }
+    from bert4rec.fileio import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, paths: ProjectPaths, params: dict, tags: dict | None = None) -> Iterator[None]:
+    """One MLflow run for one stage execution: params flattened, tags, FAILED on error.
+
+    Per-step metrics (log_metrics with a step) are also written, tracking on or off, to
+    results/<model_name>/<stage>_curves.csv when the stage succeeds: the file `dvc plots` reads.
+    A train_val run logs its model (log_model) unless the stage already did.
+    """
+    global _curves, _model_logged
+    model = _model_name(params)
+    _curves, _model_logged = {}, False
+    try:
+        if not enabled():
+            yield
+        else:
+            with _mlflow_run(stage, paths, params, tags, model):
+                yield
+                if stage == "train_val" and model and not _model_logged and (paths.model_dir(model) / "weights.npz").exists():
+                    log_model(paths.model_dir(model))
+        if _curves and model:
+            _write_curves(paths.results_dir(model) / f"{stage}_curves.csv", _curves)
+    finally:
+        _curves = None
+
+
+def _write_curves(path: Path, curves: dict[int, dict[str, float]]) -> None:
+    from bert4rec.fileio import atomic_file
+
+    columns: list[str] = []
+    for row in curves.values():
+        columns += [k for k in row if k not in columns]
+    lines = [",".join(["step", *columns])]
+    for step in sorted(curves):
+        lines.append(",".join([str(step), *(repr(curves[step][c]) if c in curves[step] else "" for c in columns)]))
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+@contextlib.contextmanager
+def _mlflow_run(stage: str, paths: ProjectPaths, params: dict, tags: dict | None, model: str | None) -> Iterator[None]:
+    global _run
+    import mlflow
+
+    root = repository_root(paths)
+    experiment = experiment_name(paths)
+    experiment_id = _experiment_id(root, experiment)
+    raw_input = (params.get("raw") or {}).get("input") if isinstance(params.get("raw"), dict) else None
+    if raw_input is None:
+        from bert4rec.config import load_params
+
+        try:
+            raw_input = load_params(paths.params).raw.input
+        except UserError:
+            raw_input = None
+    pointer = dataset_pointer(paths, raw_input)
+    from bert4rec import vcs
+
+    dataset_hash = vcs.dvc_hash(pointer) if pointer else None
+    run_tags = {
+        "project": paths.name,
+        "stage": stage,
+        "dvc_stage": os.environ.get("DVC_STAGE", "none (run outside dvc repro)"),
+        "experiment_name": experiment,
+        "model_name": model or "none",
+        "dataset_dvc_md5": dataset_hash or "untracked",
+        **git_tags(root),
+        **{k: str(v) for k, v in (tags or {}).items()},
+    }
     parent = os.environ.get(PARENT_RUN) or None
-    with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=run_tags) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent, tags=run_tags) as run:
         _run = run
         try:
-            mlflow.log_params(flatten(params))
+            mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
+            if pointer is not None and raw_input:
+                from mlflow.data.meta_dataset import MetaDataset
+                from mlflow.data.sources import LocalArtifactDatasetSource
+
+                source = LocalArtifactDatasetSource(str(paths.resolve_input(raw_input)))
+                dataset = MetaDataset(source, name=Path(raw_input).name, digest=(dataset_hash or "untracked")[:36])
+                mlflow.log_input(dataset, context=stage)
+            _record_run(paths, stage, mlflow.get_run(run.info.run_id), experiment)
             yield
         finally:
             _run = None
 
 
 def log_metrics(metrics: dict, step: int | None = None) -> None:
+    numeric = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if step is not None and _curves is not None:
+        _curves.setdefault(int(step), {}).update(numeric)
     if _run is None:
         return
     import mlflow
 
-    numeric = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     mlflow.log_metrics(numeric, step=step)
 
 
@@ -100,3 +276,118 @@ def set_tags(tags: dict) -> None:
     import mlflow
 
     mlflow.set_tags(tags)
+
+
+# ---------------------------------------------------------------- parent run (make <stage>)
+
+def start_parent(root: Path, project: str, target: str, tags: dict) -> str | None:
+    """Open the parent run of one `make <stage>` call; returns its id (None if tracking is off)."""
+    if not enabled():
+        return None
+    client = _client(root)
+    experiment = f"bert4rec-{project}"
+    run = client.create_run(
+        _experiment_id(root, experiment),
+        run_name=f"make {target}",
+        tags={"project": project, "stage": target, "experiment_name": experiment, "kind": "pipeline",
+              **git_tags(root), **{k: str(v) for k, v in tags.items()}},
+    )
+    return run.info.run_id
+
+
+def finish_parent(root: Path, run_id: str | None, ok: bool, tags: dict) -> list[str]:
+    """Close the parent run; the commit holding the new dvc.lock is tagged on it and its children."""
+    if run_id is None:
+        return []
+    client = _client(root)
+    runs = client.search_runs(
+        [client.get_run(run_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+    )
+    children = [r.info.run_id for r in runs]
+    for rid in [run_id, *children]:
+        for key, value in tags.items():
+            client.set_tag(rid, key, str(value))
+    client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+    return children
+
+
+# ---------------------------------------------------------------- the model, loadable from MLflow
+
+def _pyfunc_class():
+    """The MLflow pyfunc wrapper, built on demand so importing this module stays cheap.
+
+    Loaded with `mlflow.pyfunc.load_model(uri)`, it takes a DataFrame with an `items` column
+    (each user's history as original item ids, oldest first) and returns the top-k items
+    (original ids) and their scores for the next position.
+    """
+    import mlflow.pyfunc
+
+    class Bert4RecPyfunc(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            import json
+
+            import numpy as np
+            import pyarrow.parquet as pq
+
+            from bert4rec import modelstore
+            from bert4rec.config import ModelParams
+            from bert4rec.model import build_model
+
+            folder = Path(context.artifacts["model_dir"])
+            info = json.loads((folder / "model.json").read_text())
+            self.length = int(info["max_seq_length"])
+            self.model = build_model(int(info["num_tokens"]), ModelParams.model_validate(info["model"]), self.length)
+            arrays = modelstore.load_arrays(folder / "weights.npz", "model weights")
+            self.model.set_weights(modelstore.arrays_to_weights(arrays, "model/"))
+            vocab = pq.read_table(folder / "items.parquet")
+            self.tokens = dict(zip(vocab.column("item_id").to_pylist(), vocab.column("token").to_pylist()))
+            self.ids = np.array([None, None, *vocab.column("item_id").to_pylist()], dtype=object)
+            self.k = int(info.get("top_k", 10))
+            self.np = np
+
+        def predict(self, context, model_input, params=None):
+            import pandas as pd
+
+            np = self.np
+            k = int((params or {}).get("k", self.k))
+            rows = np.zeros((len(model_input), self.length), dtype="int32")
+            for row, history in enumerate(model_input["items"]):
+                known = [self.tokens[i] for i in list(history) if i in self.tokens][-(self.length - 1):]
+                rows[row, self.length - 1 - len(known):self.length - 1] = known
+                rows[row, -1] = 1  # [MASK]: predict the next item
+            scores = np.array(self.model(rows, training=False), dtype="float32")
+            scores[:, :2] = -np.inf  # PAD and MASK are not items
+            for row, history in enumerate(model_input["items"]):
+                seen = [self.tokens[i] for i in list(history) if i in self.tokens]
+                scores[row, seen] = -np.inf
+            top = [t[np.isfinite(s[t])] for s, t in zip(scores, np.argsort(-scores, axis=1)[:, :k])]
+            return pd.DataFrame({"items": [list(self.ids[t]) for t in top],
+                                 "scores": [list(map(float, s[t])) for s, t in zip(scores, top)]})
+
+    return Bert4RecPyfunc
+
+
+def log_model(model_dir: str | Path, name: str = "model") -> str | None:
+    """Log models/<name>/ (without resumable checkpoints) as a pyfunc that loads back from MLflow."""
+    global _model_logged
+    if _run is None:
+        return None
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    import logging
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no type hints on predict: the input is a DataFrame of histories
+        logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the cloudpickle notice; the class is ours
+        copy = Path(tmp) / "model_dir"
+        shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "ckpt-*", "tensorboard", "logs"))
+        info = mlflow.pyfunc.log_model(name=name, python_model=_pyfunc_class()(),
+                                       artifacts={"model_dir": str(copy)}, pip_requirements=[])
+    mlflow.set_tag("model_uri", info.model_uri)
+    _model_logged = True
+    return info.model_uri

@@ -1,0 +1,251 @@
+"""The only module that talks to git and DVC: subprocess calls to `git` and the venv's `dvc`.
+
+Keeping every call here means one place decides what gets committed (code, params, pipeline,
+`.dvc` pointer files — never `.env`, data or models) and how a failure is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from bert4rec.errors import UserError
+
+log = logging.getLogger("bert4rec.vcs")
+
+# What a pipeline commit may contain: code, parameters, the pipeline and DVC pointer files.
+COMMIT_PATHS = (
+    "src", "tests", "config", "Makefile", "pyproject.toml", "requirements.lock", "README.md",
+    ".ci", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".env.example",
+    "dvc.yaml", "dvc.lock", "params.yaml", "projects",
+)
+ALLOWED_UNDER_DATA = (".dvc", ".gitignore", "data/interim/raw_summary.json")
+
+
+def dvc_executable() -> str:
+    """The `dvc` of the interpreter running us (the project's venv), else the one on PATH."""
+    candidate = Path(sys.executable).with_name("dvc")
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("dvc")
+    if not found:
+        raise UserError("dvc: command not found; run `make install` first")
+    return found
+
+
+def _run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None,
+         capture: bool = True) -> subprocess.CompletedProcess:
+    log.debug("$ %s", " ".join(args))
+    try:
+        result = subprocess.run(
+            args, cwd=cwd, env=env, text=True,
+            stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE if capture else None,
+        )
+    except FileNotFoundError:
+        raise UserError(f"{args[0]}: command not found") from None
+    if check and result.returncode != 0:
+        detail = (result.stderr or result.stdout or "").strip() if capture else ""
+        raise UserError(f"`{' '.join(args)}` failed (exit {result.returncode})" + (f": {detail}" if detail else ""))
+    return result
+
+
+def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _run(["git", *args], root, check=check)
+
+
+def dvc(root: Path, *args: str, check: bool = True, env: dict | None = None,
+        capture: bool = True) -> subprocess.CompletedProcess:
+    return _run([dvc_executable(), *args], root, check=check, env=env, capture=capture)
+
+
+# ---------------------------------------------------------------- git state
+
+def is_git_repo(root: Path) -> bool:
+    return git(root, "rev-parse", "--is-inside-work-tree", check=False).returncode == 0
+
+
+def require_repo(root: Path) -> None:
+    if not is_git_repo(root):
+        raise UserError(f"{root}: not a git repository; the pipeline records every run's commit (run `git init`)")
+    if not (root / ".dvc").is_dir():
+        raise UserError(f"{root}: DVC is not initialised here (run `dvc init`)")
+
+
+def head_commit(root: Path) -> str | None:
+    result = git(root, "rev-parse", "HEAD", check=False)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+# Files the pipeline itself rewrites while `dvc repro` runs; they do not make a run's code dirty.
+BOOKKEEPING = ("dvc.lock", "projects/*/config/config_mlflow.yaml")
+
+
+def is_dirty(root: Path) -> bool:
+    """Tracked code/params/pipeline files differ from HEAD (untracked files and bookkeeping do not count)."""
+    excludes = [f":(exclude,glob){pattern}" for pattern in BOOKKEEPING]
+    result = git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes, check=False)
+    return result.returncode != 0 or bool(result.stdout.strip())
+
+
+def branch(root: Path) -> str | None:
+    result = git(root, "symbolic-ref", "--short", "-q", "HEAD", check=False)
+    return result.stdout.strip() or None
+
+
+def remotes(root: Path) -> list[str]:
+    return git(root, "remote", check=False).stdout.split()
+
+
+def commit(root: Path, message: str) -> str | None:
+    """Stage changes of code/params/pipeline files and commit them; None when nothing changed.
+
+    Data, models, `.env` and DVC's local config are never staged, even if .gitignore misses them.
+    """
+    present = [p for p in COMMIT_PATHS if (root / p).exists()]
+    if not present:
+        return None
+    git(root, "add", "-A", "--", *present)
+    staged = git(root, "diff", "--cached", "--name-only").stdout.split()
+    forbidden = [name for name in staged if _forbidden(name)]
+    if forbidden:
+        git(root, "reset", "-q", "--", *forbidden)
+        raise UserError(
+            "refusing to commit data, model or secret files (add them to DVC or .gitignore): "
+            + ", ".join(forbidden)
+        )
+    if not staged:
+        return None
+    git(root, "commit", "-q", "-m", message, "--", *staged)
+    return head_commit(root)
+
+
+def _forbidden(name: str) -> bool:
+    parts = Path(name).parts
+    if Path(name).name == ".env" or name == ".dvc/config.local":
+        return True
+    if len(parts) >= 3 and parts[0] == "projects" and parts[2] in ("data", "models"):
+        return not name.endswith(ALLOWED_UNDER_DATA)
+    if len(parts) >= 3 and parts[0] == "projects" and parts[2] == "results":
+        return name.endswith(".parquet")  # per-user outputs derived from the data: DVC's job
+    return False
+
+
+def push(root: Path) -> str:
+    """Push the current branch when the repo has a remote; a failure is reported, not fatal."""
+    names = remotes(root)
+    if not names:
+        return "git: no remote configured; commits stay local"
+    remote = "origin" if "origin" in names else names[0]
+    current = branch(root)
+    if current is None:
+        return "git: detached HEAD; not pushing"
+    result = git(root, "push", "-q", "-u", remote, current, check=False)
+    if result.returncode != 0:
+        url = git(root, "remote", "get-url", remote, check=False).stdout.strip()
+        lines = result.stderr.strip().splitlines()
+        return f"git: push to {remote} ({url}) failed, carrying on: {lines[-1] if lines else 'unknown error'}"
+    return f"git: pushed {current} to {remote}"
+
+
+# ---------------------------------------------------------------- DVC
+
+def dvc_add(root: Path, path: Path) -> Path:
+    """Track an input file with DVC; returns its .dvc pointer file (committed instead of the data)."""
+    dvc(root, "add", "-q", str(path.relative_to(root)))
+    return path.with_name(path.name + ".dvc")
+
+
+def dvc_hash(pointer: Path) -> str | None:
+    """The md5 DVC recorded for a tracked file: the dataset's identity for lineage."""
+    import yaml
+
+    if not pointer.exists():
+        return None
+    data = yaml.safe_load(pointer.read_text()) or {}
+    outs = data.get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+def repro(root: Path, stage: str | None, force: bool, env: dict) -> int:
+    """Run `dvc repro`, streaming its output; returns the exit code."""
+    args = ["repro"] + ([stage] if stage else []) + (["-f"] if force else [])
+    return dvc(root, *args, check=False, env=env, capture=False).returncode
+
+
+def remote_url(root: Path) -> tuple[str | None, str | None]:
+    """(default remote name, its URL) from DVC's merged config; local paths made absolute."""
+    result = dvc(root, "remote", "default", check=False)
+    name = result.stdout.strip() if result.returncode == 0 else None
+    if not name or " " in name:  # "No default remote set"
+        return None, None
+    result = dvc(root, "config", f"remote.{name}.url", check=False)
+    url = result.stdout.strip() if result.returncode == 0 else None
+    if url and "://" not in url and not Path(url).is_absolute():
+        url = str((root / ".dvc" / url).resolve())  # DVC stores local paths relative to .dvc/
+    return name, url
+
+
+def _remote_endpoint(root: Path, name: str) -> str | None:
+    result = dvc(root, "config", f"remote.{name}.endpointurl", check=False)
+    return result.stdout.strip() or None
+
+
+def configure_remotes(root: Path, env: dict | None = None) -> str:
+    """Local directory remote by default; an S3 remote from `.env` settings, kept in config.local.
+
+    The committed `.dvc/config` only ever names the local remote; the S3 URL, endpoint and
+    credentials go to `.dvc/config.local`, which DVC keeps out of git.
+    """
+    env = dict(os.environ if env is None else env)
+    names = dvc(root, "remote", "list", "--project", check=False).stdout.split()[::2]
+    if "local" not in names:
+        dvc(root, "remote", "add", "--project", "local", ".dvc-remote")
+        dvc(root, "remote", "default", "--project", "local")
+    url = env.get("DVC_REMOTE_URL", "").strip()
+    if not url:
+        local_names = dvc(root, "remote", "list", "--local", check=False).stdout.split()[::2]
+        if "storage" in local_names:
+            dvc(root, "remote", "remove", "--local", "storage")
+        return "dvc: local directory remote .dvc-remote/"
+    dvc(root, "remote", "add", "--local", "--force", "storage", url)
+    dvc(root, "remote", "default", "--local", "storage")
+    settings = {
+        "endpointurl": env.get("DVC_REMOTE_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL"),
+        "access_key_id": env.get("AWS_ACCESS_KEY_ID"),
+        "secret_access_key": env.get("AWS_SECRET_ACCESS_KEY"),
+        "region": env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION"),
+    }
+    for key, value in settings.items():
+        if value:
+            dvc(root, "remote", "modify", "--local", "storage", key, value)
+    endpoint = settings["endpointurl"]
+    return f"dvc: remote {url}" + (f" (endpoint {endpoint})" if endpoint else "")
+
+
+def dvc_push(root: Path) -> str:
+    """Push outputs to the default remote; an unreachable remote is an error naming its URL."""
+    name, url = remote_url(root)
+    if name is None:
+        return "dvc: no remote configured; outputs stay in the local cache"
+    result = dvc(root, "push", "-q", check=False)
+    if result.returncode != 0:
+        endpoint = _remote_endpoint(root, name)
+        where = url + (f" (endpoint {endpoint})" if endpoint else "")
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise UserError(
+            f"dvc push to remote '{name}' at {where} failed: {detail[-1] if detail else 'unknown error'}; "
+            "the results are committed locally, run `dvc push` when the remote is reachable"
+        )
+    return f"dvc: pushed outputs to {url}"
+
+
+def dvc_pull(root: Path, *targets: str) -> None:
+    name, url = remote_url(root)
+    result = dvc(root, "pull", "-q", *targets, check=False)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise UserError(f"dvc pull from remote '{name}' at {url} failed: {detail[-1] if detail else 'unknown error'}")
