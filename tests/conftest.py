@@ -44,6 +44,20 @@ def make_project(root: Path, data: Path, **sections) -> Path:
     return root
 
 
+def run_stage(stage: str, project: Path) -> int:
+    from bert4rec import cli
+
+    return cli.main([stage, "--project", str(project)])
+
+
+def set_params(project: Path, **sections) -> None:
+    """Merge values into a project's params.yaml, section by section."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in sections.items():
+        params.setdefault(section, {}).update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
 @pytest.fixture
 def synthetic_file(tmp_path) -> Path:
     path = tmp_path / "events.txt"

@@ -5,22 +5,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
-import yaml
 
-from bert4rec import cli
 from bert4rec.records import MASK, PAD
-from conftest import make_project, shared_file
+from conftest import make_project, run_stage, set_params, shared_file
 
 
-def run(stage, project):
-    return cli.main([stage, "--project", str(project)])
-
-
-def set_params(project, **sections):
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in sections.items():
-        params.setdefault(section, {}).update(values)
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+run = run_stage
 
 
 def records_dir(project):
@@ -92,8 +82,9 @@ def test_static_training_examples(synthetic_project):
     vocab, users = vocabulary(synthetic_project), histories(synthetic_project)
     train_items = {tuple(vocab[i] for i in items[:-2]) for items in users.values()}
     rows = read_split(synthetic_project, "train")
-    windows = sum(1 + max(0, (len(s) - 19 - 1) // 10 + 1) for s in train_items)  # window 19, step 10
-    assert len(rows) == manifest(synthetic_project)["splits"]["train"]["examples"]
+    lengths = [len(items) - 2 for items in users.values()]
+    windows = sum(1 + max(0, (n - 19 - 1) // 10 + 1) for n in lengths)  # window 19, step 10
+    assert len(rows) == manifest(synthetic_project)["splits"]["train"]["examples"] == 4 * windows
     mask_last = 0
     for row in rows:
         used = row["masked_lm_ids"] != PAD

@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from bert4rec import cli, synthetic
+from bert4rec import synthetic
 from bert4rec.fileio import read_json
-from conftest import REPO, make_project
+from conftest import REPO, make_project, run_stage, set_params
 
 TINY = {
     "model_name": "tiny",
@@ -27,15 +27,7 @@ TINY = {
 TFRECORD = {"max_seq_length": 20, "max_predictions_per_seq": 4, "num_shards": 2, "pool_size": 1}
 
 
-def run(stage, project):
-    return cli.main([stage, "--project", str(project)])
-
-
-def set_params(project, **sections):
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in sections.items():
-        params.setdefault(section, {}).update(values)
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+run = run_stage
 
 
 def model_dir(project, name="tiny"):
