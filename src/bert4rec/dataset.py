@@ -19,11 +19,10 @@ from bert4rec.records import FIRST_ITEM, MASK, PAD
 
 
 def load_manifest(records: Path) -> dict:
-    manifest = read_json(records / "manifest.json", "tfrecord manifest (run the tfrecord stage)")
-    for key in ("splits", "num_tokens", "max_seq_length", "params"):
-        if key not in manifest:
-            raise UserError(f"{records / 'manifest.json'}: missing key '{key}'; rerun the tfrecord stage")
-    return manifest
+    return read_json(
+        records / "manifest.json", "tfrecord manifest (run the tfrecord stage)",
+        required=("splits", "num_tokens", "max_seq_length", "params"), hint="; rerun the tfrecord stage",
+    )
 
 
 def split_files(records: Path, manifest: dict, split: str, worker: int = 0, workers: int = 1) -> list[str]:

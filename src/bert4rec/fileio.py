@@ -76,11 +76,16 @@ def write_json(path: str | Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | Path, what: str) -> dict:
+def read_json(path: str | Path, what: str, required: tuple[str, ...] = (), hint: str = "") -> dict:
+    """Read a JSON object; a missing file, bad JSON or a missing required key names the file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: {what} not found")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise UserError(f"{path}: {what} is not valid JSON ({error})") from None
+    for key in required:
+        if key not in data:
+            raise UserError(f"{path}: missing key '{key}'{hint}")
+    return data

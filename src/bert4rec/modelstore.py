@@ -97,11 +97,10 @@ def write_model_files(folder: Path, params: Params, info: dict, vocabulary: Path
 
 
 def read_model_info(folder: Path) -> dict:
-    info = read_json(folder / "model.json", "model description")
-    for key in ("num_tokens", "model", "max_seq_length", "vocabulary_sha256"):
-        if key not in info:
-            raise UserError(f"{folder / 'model.json'}: missing key '{key}'")
-    return info
+    return read_json(
+        folder / "model.json", "model description",
+        required=("num_tokens", "model", "max_seq_length", "vocabulary_sha256"),
+    )
 
 
 def check_compatible(folder: Path, info: dict, manifest: dict, model: ModelParams | None = None) -> None:

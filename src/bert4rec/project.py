@@ -47,3 +47,10 @@ def open_project(project: Path | None) -> tuple[ProjectPaths, Params]:
             raise UserError(f"{project}: project folder not found")
         paths = ProjectPaths(project)
     return paths, load_params(paths.params)
+
+
+def stage_main(stage: str, doc: str, argv: list[str] | None) -> tuple[ProjectPaths, Params]:
+    """What every stage's main() starts with: parse --project/-v, set up logging, open the project."""
+    args = stage_parser(stage, doc).parse_args(argv)
+    configure_logging(args.verbose)
+    return open_project(args.project)

@@ -19,7 +19,7 @@ from bert4rec.config import Params
 from bert4rec.errors import UserError
 from bert4rec.fileio import atomic_file
 from bert4rec.paths import ProjectPaths
-from bert4rec.project import configure_logging, open_project, stage_parser
+from bert4rec.project import stage_main
 from bert4rec.records import FIRST_ITEM
 
 log = logging.getLogger("bert4rec.inference")
@@ -73,9 +73,6 @@ def run(paths: ProjectPaths, params: Params) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser("inference", __doc__.splitlines()[0])
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    paths, params = open_project(args.project)
+    paths, params = stage_main("inference", __doc__.splitlines()[0], argv)
     run(paths, params)
     return 0

@@ -16,7 +16,7 @@ from bert4rec.errors import UserError
 from bert4rec.fileio import ensure_dir, write_json
 from bert4rec.paths import ProjectPaths
 from bert4rec.progress import progress
-from bert4rec.project import configure_logging, open_project, stage_parser
+from bert4rec.project import stage_main
 from bert4rec.sequences import Spill, decoded_ids, write_sequences
 
 log = logging.getLogger("bert4rec.raw")
@@ -63,10 +63,7 @@ def run(paths: ProjectPaths, raw: RawParams) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser("raw", __doc__.splitlines()[0])
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    paths, params = open_project(args.project)
+    paths, params = stage_main("raw", __doc__.splitlines()[0], argv)
     with tracking.stage_run("raw", paths, params.model_dump(mode="json", include={"raw"})):
         summary = run(paths, params.raw)
         tracking.log_metrics({k: summary[k] for k in ("read", "users", "items", "interactions", "dropped", "history_length")})

@@ -16,7 +16,7 @@ from bert4rec import dataset, metrics, modelstore, scoring, tracking
 from bert4rec.config import Params
 from bert4rec.fileio import atomic_file, write_json
 from bert4rec.paths import ProjectPaths
-from bert4rec.project import configure_logging, open_project, stage_parser
+from bert4rec.project import stage_main
 from bert4rec.records import FIRST_ITEM
 
 log = logging.getLogger("bert4rec.test")
@@ -62,9 +62,6 @@ def run(paths: ProjectPaths, params: Params) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser("test", __doc__.splitlines()[0])
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    paths, params = open_project(args.project)
+    paths, params = stage_main("test", __doc__.splitlines()[0], argv)
     run(paths, params)
     return 0

@@ -18,7 +18,7 @@ from bert4rec.examples import SPLITS_BY_TASK, ShardJob, build_shard, feature_spe
 from bert4rec.fileio import atomic_dir, write_json
 from bert4rec.paths import ProjectPaths
 from bert4rec.progress import progress
-from bert4rec.project import configure_logging, open_project, stage_parser
+from bert4rec.project import stage_main
 from bert4rec.records import FIRST_ITEM, MASK, PAD, shard_name
 from bert4rec.vocabulary import build_vocabulary, load_vocabulary
 
@@ -96,10 +96,7 @@ def run(paths: ProjectPaths, params: TfrecordParams, task: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser("tfrecord", __doc__.splitlines()[0])
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    paths, params = open_project(args.project)
+    paths, params = stage_main("tfrecord", __doc__.splitlines()[0], argv)
     with tracking.stage_run("tfrecord", paths, params.model_dump(mode="json", include={"raw", "tfrecord"})):
         manifest = run(paths, params.tfrecord, params.raw.task)
         tracking.log_metrics(

@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import tensorflow as tf
 
@@ -22,7 +21,7 @@ from bert4rec.config import Params
 from bert4rec.errors import UserError
 from bert4rec.fileio import write_json
 from bert4rec.paths import ProjectPaths
-from bert4rec.project import configure_logging, open_project, stage_parser
+from bert4rec.project import stage_main
 
 log = logging.getLogger("bert4rec.train_val")
 
@@ -146,9 +145,6 @@ def run(paths: ProjectPaths, params: Params) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser("train_val", __doc__.splitlines()[0])
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    paths, params = open_project(args.project)
+    paths, params = stage_main("train_val", __doc__.splitlines()[0], argv)
     run(paths, params)
     return 0
