@@ -12,10 +12,17 @@ PARAMS = ModelParams(hidden_size=16, num_attention_heads=2, intermediate_size=32
 NUM_TOKENS = 2 + 30
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["post", "pre"])
+def model(request):
     keras.utils.set_random_seed(0)
-    return build_model(NUM_TOKENS, PARAMS)
+    return build_model(NUM_TOKENS, PARAMS.model_copy(update={"layer_norm": request.param}))
+
+
+def test_last_only_encoding_equals_the_full_encoding_at_the_last_position(model):
+    ids, _, _ = batch()
+    full = model.encode(ids).numpy()[:, -1]
+    last = model.encode(ids, last_only=True).numpy()[:, -1]
+    np.testing.assert_allclose(full, last, rtol=1e-5, atol=1e-5)
 
 
 def batch(seed=0, width=12, predictions=3):

@@ -91,6 +91,7 @@ class ModelParams(Section):
     attention_probs_dropout_prob: float = Field(0.1, ge=0.0, lt=1.0)
     initializer_range: float = Field(0.02, gt=0.0)
     max_position_embeddings: int = Field(200, gt=0)
+    layer_norm: Literal["post", "pre"] = "pre"  # pre: norm before each sublayer (learns faster); post: BERT
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelParams":

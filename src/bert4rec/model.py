@@ -49,10 +49,15 @@ class SelfAttention(layers.Layer):
 
 
 class TransformerBlock(layers.Layer):
-    """Post-LN transformer block as in BERT: attention and feed-forward, each residual + norm."""
+    """Transformer block: attention and feed-forward, each with a residual and a layer norm.
+
+    post (BERT): norm(x + sublayer(x)). pre: x + sublayer(norm(x)), which keeps an identity path
+    through the stack and tolerates larger learning rates; the encoder then ends with one norm.
+    """
 
     def __init__(self, params: ModelParams, **kwargs):
         super().__init__(**kwargs)
+        self.pre_norm = params.layer_norm == "pre"
         self.attention = SelfAttention(params, name="attention")
         self.attention_norm = layers.LayerNormalization(epsilon=1e-6, name="attention_norm")
         self.inner = layers.Dense(params.intermediate_size, activation=params.hidden_act,
@@ -62,6 +67,10 @@ class TransformerBlock(layers.Layer):
         self.dropout = layers.Dropout(params.hidden_dropout_prob)
 
     def call(self, x, bias, training=None, last_only=False):
+        if self.pre_norm:
+            attended = self.attention(self.attention_norm(x), bias, training=training, last_only=last_only)
+            x = (x[:, -1:] if last_only else x) + self.dropout(attended, training=training)
+            return x + self.dropout(self.outer(self.inner(self.output_norm(x))), training=training)
         attended = self.attention(x, bias, training=training, last_only=last_only)
         x = x[:, -1:] if last_only else x
         x = self.attention_norm(x + self.dropout(attended, training=training))
@@ -85,6 +94,8 @@ class Bert4Rec(keras.Model):
         self.head_dense = layers.Dense(params.hidden_size, activation=params.hidden_act,
                                        kernel_initializer=_init(params), name="head_dense")
         self.head_norm = layers.LayerNormalization(epsilon=1e-6, name="head_norm")
+        self.final_norm = (layers.LayerNormalization(epsilon=1e-6, name="final_norm")
+                           if params.layer_norm == "pre" else None)
 
     def build(self, input_shape=None):
         self.item_embedding.build((None,))
@@ -104,7 +115,7 @@ class Bert4Rec(keras.Model):
         bias = ops.where(ops.equal(input_ids, PAD), -1e9, 0.0)[:, None, None, :]
         for i, block in enumerate(self.blocks):
             x = block(x, bias, training=training, last_only=last_only and i == len(self.blocks) - 1)
-        return x
+        return x if self.final_norm is None else self.final_norm(x)
 
     def transform(self, hidden):
         """The masked-item head: dense + activation + layer norm, on gathered positions only."""
@@ -117,7 +128,7 @@ class Bert4Rec(keras.Model):
         if tokens is not None:
             table, bias = ops.take(table, tokens, axis=0), ops.take(bias, tokens, axis=0)
         scores = ops.matmul(transformed, ops.cast(ops.transpose(table), transformed.dtype))
-        return ops.cast(scores, "float32") + bias
+        return ops.cast(scores, "float32") + ops.cast(bias, "float32")  # bias autocasts under mixed precision
 
     def call(self, input_ids, training=None):
         """Scores for the next item: the head at the last position (the [MASK] slot)."""
@@ -134,27 +145,29 @@ def masked_item_loss(model: Bert4Rec, input_ids, positions, labels, loss: str = 
                      negatives=None, log_q=None, training=True):
     """Mean cross-entropy over the masked positions (label 0 = unused slot).
 
-    full_softmax: against every item. sampled_softmax: against the given `negatives` (shared by
-    the batch) with logQ correction `log_q` (log of each token's sampling probability).
+    Only the used slots reach the head and the output layer (short sequences leave many of the
+    max_predictions_per_seq slots empty). full_softmax: against every item. sampled_softmax:
+    against the given `negatives` (shared by the batch) with logQ correction `log_q` (log of
+    each token's sampling probability).
     """
     hidden = model.encode(input_ids, training=training)
-    gathered = tf.gather(hidden, positions, batch_dims=1)  # (batch, predictions, hidden)
+    used = labels > PAD
+    gathered = tf.boolean_mask(tf.gather(hidden, positions, batch_dims=1), used)  # (used slots, hidden)
+    labels = tf.boolean_mask(labels, used)
     transformed = model.transform(gathered)
-    weights = tf.cast(labels > PAD, tf.float32)
     if loss == "full_softmax":
         logits = model.logits(transformed)
-        logits = tf.concat([tf.fill(tf.concat([tf.shape(logits)[:-1], [FIRST_ITEM]], 0), -1e9), logits[..., FIRST_ITEM:]], -1)
-        per_position = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        logits = tf.concat([tf.fill([tf.shape(logits)[0], FIRST_ITEM], -1e9), logits[:, FIRST_ITEM:]], -1)
+        per_slot = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     else:
         positive = tf.reduce_sum(
             tf.cast(transformed, tf.float32) * tf.cast(tf.gather(model.item_embedding.embeddings, labels), tf.float32), -1
         ) + tf.gather(model.output_bias, labels) - tf.gather(log_q, labels)
         negative = model.logits(transformed, negatives) - tf.gather(log_q, negatives)
-        accidental = tf.equal(labels[..., None], negatives[None, None, :])
-        negative = tf.where(accidental, -1e9, negative)
-        logits = tf.concat([positive[..., None], negative], -1)
-        per_position = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.zeros_like(labels), logits=logits)
-    return tf.reduce_sum(per_position * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+        negative = tf.where(tf.equal(labels[:, None], negatives[None, :]), -1e9, negative)  # a drawn positive
+        logits = tf.concat([positive[:, None], negative], -1)
+        per_slot = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.zeros_like(labels), logits=logits)
+    return tf.reduce_sum(per_slot) / tf.maximum(tf.cast(tf.size(labels), tf.float32), 1.0)
 
 
 def sampling_log_q(counts: np.ndarray, num_tokens: int, kind: str) -> np.ndarray:

@@ -53,4 +53,8 @@ def stage_main(stage: str, doc: str, argv: list[str] | None) -> tuple[ProjectPat
     """What every stage's main() starts with: parse --project/-v, set up logging, open the project."""
     args = stage_parser(stage, doc).parse_args(argv)
     configure_logging(args.verbose)
-    return open_project(args.project)
+    paths, params = open_project(args.project)
+    from bert4rec import tracking
+
+    tracking.warm_up(paths)
+    return paths, params

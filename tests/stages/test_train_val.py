@@ -55,19 +55,8 @@ def trained(tmp_path_factory):
 
 
 def test_tiny_model_learns_the_sequential_pattern(trained):
-    from bert4rec import dataset, scoring
-
     valid = read_json(model_dir(trained) / "valid_metrics.json", "valid metrics")
-    records = trained / "data" / "processed" / "records"
-    manifest = dataset.load_manifest(records)
-    popular = scoring.history_counts(records, manifest, "valid")
-    scores = np.broadcast_to(popular, (1, len(popular)))
-    from bert4rec import metrics
-
-    evaluation = metrics.Evaluation(manifest["num_tokens"])
-    for batch in dataset.eval_batches(records, manifest, "valid", 512).as_numpy_iterator():
-        evaluation.add(np.repeat(scores, len(batch["target"]), 0), batch["target"], batch["history"])
-    baseline = evaluation.result()["ndcg_at_10"]
+    baseline = most_popular_valid_ndcg(trained)
     assert valid["ndcg_at_10"] > 1.3 * baseline, (valid["ndcg_at_10"], baseline)
     info = read_json(model_dir(trained) / "model.json", "model")
     assert info["trained_steps"] == 600 and info["training_sequences_per_second"] > 0
@@ -202,3 +191,42 @@ def test_mirrored_strategy_over_two_logical_cpus(trained, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     info = read_json(model_dir(project, "mirrored") / "model.json", "model")
     assert info["trained_steps"] == 6 and info["replicas"] == 2
+
+
+def most_popular_valid_ndcg(project):
+    from bert4rec import dataset, metrics, scoring
+
+    records = project / "data" / "processed" / "records"
+    manifest = dataset.load_manifest(records)
+    popular = scoring.history_counts(records, manifest, "valid")[None, :]
+    evaluation = metrics.Evaluation(manifest["num_tokens"])
+    for batch in dataset.eval_batches(records, manifest, "valid", 512).as_numpy_iterator():
+        evaluation.add(np.repeat(popular, len(batch["target"]), 0), batch["target"], batch["history"])
+    return evaluation.result()["ndcg_at_10"]
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "popularity"])
+def test_sampled_softmax_learns_the_pattern(tmp_path, sampler):
+    project = new_project(tmp_path, model_name="sampled", loss="sampled_softmax", num_negatives=50,
+                          negative_sampling=sampler, num_train_steps=600, eval_every_steps=600)
+    assert run("train_val", project) == 0
+    valid = read_json(model_dir(project, "sampled") / "valid_metrics.json", "valid metrics")
+    assert valid["ndcg_at_10"] > 1.2 * most_popular_valid_ndcg(project), valid["ndcg_at_10"]  # ~1.3x here
+
+
+def test_mixed_bfloat16_trains_exports_and_leaves_float32_behind(tmp_path):
+    import keras
+
+    project = new_project(tmp_path, model_name="bf16", mixed_precision="mixed_bfloat16", num_train_steps=400,
+                          eval_every_steps=400)
+    try:
+        assert run("train_val", project) == 0
+        assert run("inference", project) == 0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    valid = read_json(model_dir(project, "bf16") / "valid_metrics.json", "valid metrics")
+    assert valid["ndcg_at_10"] > 1.3 * most_popular_valid_ndcg(project), valid["ndcg_at_10"]
+    weights = np.load(model_dir(project, "bf16") / "weights.npz")
+    assert all(weights[key].dtype == np.float32 for key in weights.files)  # variables stay float32
+    predictions = pd.read_parquet(project / "results" / "bf16" / "predictions.parquet")
+    assert len(predictions) == 400 * 5 and np.isfinite(predictions["score"]).all()

@@ -21,6 +21,7 @@ from bert4rec.config import Params
 from bert4rec.errors import UserError
 from bert4rec.fileio import write_json
 from bert4rec.paths import ProjectPaths
+from bert4rec.progress import progress
 from bert4rec.project import stage_main
 
 log = logging.getLogger("bert4rec.train_val")
@@ -87,14 +88,19 @@ def run(paths: ProjectPaths, params: Params) -> dict:
         throughput = training.Throughput()
         trained_to = validated_at = state.step
         out_of_time = False
+        bar = progress(total=tv.num_train_steps, initial=state.step, desc="train_val", unit=" steps")
         while state.step < tv.num_train_steps and not state.stopped_early and not out_of_time:
             throughput.start()
             for batch in trainer.epoch_batches(state.epoch, skip=state.batch_in_epoch):
                 loss = trainer.train_step(batch, time.monotonic() - started)
                 state.step += 1
                 state.batch_in_epoch += 1
+                bar.update()
                 if state.step % tv.log_every_steps == 0:
                     rate = float(trainer.optimizer.learning_rate)
+                    bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{rate:.1e}", best=f"{state.best_metric:.4f}")
+                    log.info("step %d: loss %.4f, learning rate %.2e, epoch %d, %.0f s", state.step, float(loss), rate,
+                             state.epoch, time.monotonic() - started)
                     tracking.log_metrics({"train_loss": float(loss), "learning_rate": rate}, step=state.step)
                     with writer.as_default(step=state.step):
                         tf.summary.scalar("train/loss", float(loss))
@@ -118,6 +124,7 @@ def run(paths: ProjectPaths, params: Params) -> dict:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             throughput.stop((state.step - trained_to) * tv.batch_size * trainer.replicas)
             trained_to = state.step
+        bar.close()
         if out_of_time:
             log.info("training_time_limit_seconds (%s) reached at step %d", tv.training_time_limit_seconds, state.step)
         if validated_at != state.step:
