@@ -97,13 +97,13 @@ def run(paths: ProjectPaths, params: Params) -> dict:
                 state.batch_in_epoch += 1
                 bar.update()
                 if state.step % tv.log_every_steps == 0:
-                    rate = float(trainer.optimizer.learning_rate)
-                    bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{rate:.1e}", best=f"{state.best_metric:.4f}")
-                    log.info("step %d: loss %.4f, learning rate %.2e, epoch %d, %.0f s", state.step, float(loss), rate,
+                    loss, rate = float(loss), float(trainer.optimizer.learning_rate)
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{rate:.1e}", best=f"{state.best_metric:.4f}")
+                    log.info("step %d: loss %.4f, learning rate %.2e, epoch %d, %.0f s", state.step, loss, rate,
                              state.epoch, time.monotonic() - started)
-                    tracking.log_metrics({"train_loss": float(loss), "learning_rate": rate}, step=state.step)
+                    tracking.log_metrics({"train_loss": loss, "learning_rate": rate}, step=state.step)
                     with writer.as_default(step=state.step):
-                        tf.summary.scalar("train/loss", float(loss))
+                        tf.summary.scalar("train/loss", loss)
                         tf.summary.scalar("train/learning_rate", rate)
                 limit = tv.training_time_limit_seconds
                 out_of_time = bool(limit) and time.monotonic() - started > limit
