@@ -101,3 +101,30 @@ def test_training_batches_from_the_shards(synthetic_project, masking):
     assert widths <= {10, 20} and 20 in widths
     dropped = manifest["splits"]["train"]["examples"] - sum(len(batch[0]) for batch in first)
     assert 0 <= dropped < 2 * 16  # only each bucket's last partial batch is left out
+
+
+def test_eval_batches_sort_by_length_and_match_the_records(synthetic_project):
+    from bert4rec import cli
+
+    assert cli.main(["raw", "--project", str(synthetic_project)]) == 0
+    assert cli.main(["tfrecord", "--project", str(synthetic_project)]) == 0
+    records = synthetic_project / "data" / "processed" / "records"
+    manifest = dataset.load_manifest(records)
+    width = manifest["max_seq_length"]
+    expected = {
+        int(e["user_index"][0]): e for e in dataset.read_split(records, manifest, "valid").as_numpy_iterator()
+    }
+    seen = []
+    for batch in dataset.eval_batches(records, manifest, "valid", batch_size=8, chunk_size=13):
+        inputs = batch["input_ids"]
+        assert len(inputs) <= 8 and (inputs != PAD).any(axis=0).all()  # cut to the longest input
+        for row, user in enumerate(batch["user_index"]):
+            record = expected[int(user)]
+            np.testing.assert_array_equal(record["input_ids"][width - inputs.shape[1]:], inputs[row])
+            assert (record["input_ids"][: width - inputs.shape[1]] == PAD).all()
+            assert batch["target"][row] == record["target"][0]
+            history = batch["history"][row]
+            np.testing.assert_array_equal(history[: len(record["history"])], record["history"])
+            assert (history[len(record["history"]):] == PAD).all()
+            seen.append(int(user))
+    assert sorted(seen) == sorted(expected)  # every user exactly once

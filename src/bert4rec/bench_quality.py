@@ -102,12 +102,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("bench/quality"), help="scratch project folder")
     parser.add_argument("--out", type=Path, default=Path("bench/quality.json"))
     parser.add_argument("--minutes", type=float, default=60.0, help="training budget (wall clock)")
+    parser.add_argument("--reuse-model", action="store_true",
+                        help="keep the model trained by the last run in --work: rerun only test, inference and the "
+                             "timing (after a scoring change); the other stages' figures come from the last --out")
     args = parser.parse_args(argv)
     if not args.data.exists():
         raise UserError(f"{args.data}: ML-1M file not found (../shared/data/ml-1m beside the checkout, or --data)")
-    project = make_project(args.work / "ml1m", args.data, args.minutes)
     started = time.perf_counter()
-    stages = {name: stage(name, project, args.work / "logs") for name in ("raw", "tfrecord", "train_val", "test", "inference")}
+    if args.reuse_model:
+        project = args.work / "ml1m"
+        previous = read_json(args.out, "previous benchmark result (run without --reuse-model first)",
+                             required=("stages",))
+        read_json(project / "models" / MODEL_NAME / "model.json", "trained benchmark model")
+        stages = {name: previous["stages"][name] for name in ("raw", "tfrecord", "train_val")}
+        stages.update({name: stage(name, project, args.work / "logs") for name in ("test", "inference")})
+    else:
+        project = make_project(args.work / "ml1m", args.data, args.minutes)
+        stages = {name: stage(name, project, args.work / "logs")
+                  for name in ("raw", "tfrecord", "train_val", "test", "inference")}
     speed = inference_speed(project)
     model = read_json(project / "models" / MODEL_NAME / "model.json", "model description")
     test = read_json(project / "results" / MODEL_NAME / "test_metrics.json", "test metrics")
@@ -129,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "stages": stages,
         "peak_rss_mb": peak,
         "wall_seconds": round(time.perf_counter() - started, 1),
+        "reused_model": args.reuse_model,  # raw/tfrecord/train_val figures then come from the earlier run
         "config": yaml.safe_load((project / "models" / MODEL_NAME / "config.yaml").read_text()),
     }
     measured = {"ndcg_at_10": test["ndcg_at_10"], "hit_at_10": test["hit_at_10"],

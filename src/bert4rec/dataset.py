@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from bert4rec.errors import UserError
 from bert4rec.fileio import read_json
 from bert4rec.records import FIRST_ITEM, MASK, PAD
+
+EVAL_CHUNK = 8192  # eval records parsed and length-sorted per chunk: memory stays flat
 
 
 def load_manifest(records: Path) -> dict:
@@ -173,29 +176,61 @@ def training_batches(records: Path, manifest: dict, batch_size: int, epoch: int,
     return dataset.skip(skip).prefetch(tf.data.AUTOTUNE)
 
 
-def eval_batches(records: Path, manifest: dict, split: str, batch_size: int, buckets: int = 8) -> tf.data.Dataset:
-    """Validation/test/inference examples: users, inputs (MASK last), targets, PAD-padded history.
+def eval_chunks(records: Path, manifest: dict, split: str, chunk_size: int = EVAL_CHUNK):
+    """Validation/test/inference examples, `chunk_size` records at a time, as numpy arrays.
 
-    Users are grouped by history length and each batch is cut to its bucket width, so short
-    histories are not scored through 200 positions (the order of users changes, not the result).
+    Records are parsed a chunk at a time (one vectorised parse instead of one per record). Each
+    chunk holds user_index, target, input_ids (batch, width) and the seen items as a flat array
+    with per-user offsets (history_flat, history_start, history_end).
+    """
+    files = split_files(records, manifest, split)
+    spec = {name: tf.io.FixedLenFeature([], tf.string) for name in ("user_index", "input_ids", "target", "history")}
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        history = parsed["history"]
+        return {
+            "user_index": tf.io.decode_raw(parsed["user_index"], tf.int32)[:, 0],
+            "target": tf.io.decode_raw(parsed["target"], tf.int32)[:, 0],
+            "input_ids": tf.io.decode_raw(parsed["input_ids"], tf.int32),
+            "history_flat": tf.io.decode_raw(tf.strings.reduce_join(history), tf.int32),
+            "history_lengths": tf.strings.length(history) // 4,
+        }
+
+    chunks = tf.data.TFRecordDataset(files, num_parallel_reads=max(1, min(len(files), 4)))
+    for chunk in chunks.batch(chunk_size).map(parse).prefetch(1).as_numpy_iterator():
+        lengths = chunk.pop("history_lengths").astype(np.int64)
+        chunk["history_end"] = np.cumsum(lengths)
+        chunk["history_start"] = chunk["history_end"] - lengths
+        yield chunk
+
+
+def padded_history(chunk: dict, rows: np.ndarray) -> np.ndarray:
+    """The seen items of `rows`, right-padded with PAD to the longest of them."""
+    begin, end = chunk["history_start"][rows], chunk["history_end"][rows]
+    width = int((end - begin).max(initial=0))
+    index = begin[:, None] + np.arange(width)[None, :]
+    valid = index < end[:, None]
+    return np.where(valid, chunk["history_flat"][np.where(valid, index, 0)], PAD).astype(np.int32)
+
+
+def eval_batches(records: Path, manifest: dict, split: str, batch_size: int, chunk_size: int = EVAL_CHUNK):
+    """Batches of users, inputs (MASK last), targets and PAD-padded seen items, as numpy dicts.
+
+    Within a chunk, users are sorted by history length and each batch is cut to its longest
+    input, so short histories are not scored through 200 positions (the order of users changes,
+    not the result).
     """
     width = manifest["max_seq_length"]
-    bounds = tf.constant(bucket_lengths(width, buckets))
-    dataset = read_split(records, manifest, split)
-    dataset = dataset.map(lambda e: {
-        "user_index": e["user_index"][0], "input_ids": e["input_ids"], "target": e["target"][0],
-        "history": e["history"],
-    })
-    shapes = {"user_index": [], "input_ids": [width], "target": [], "history": [None]}
-
-    def key(example):
-        length = tf.reduce_sum(tf.cast(example["input_ids"] != PAD, tf.int32))
-        return tf.cast(tf.searchsorted(bounds, [length], side="left")[0], tf.int64)
-
-    def cut(bucket, window):
-        offset = width - tf.gather(bounds, bucket)
-        return window.padded_batch(batch_size, padded_shapes=shapes).map(
-            lambda b: {**b, "input_ids": b["input_ids"][:, offset:]}
-        )
-
-    return dataset.group_by_window(key, cut, window_size=batch_size).prefetch(tf.data.AUTOTUNE)
+    for chunk in eval_chunks(records, manifest, split, chunk_size):
+        lengths = (chunk["input_ids"] != PAD).sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            longest = max(int(lengths[rows].max()), 1)
+            yield {
+                "user_index": chunk["user_index"][rows],
+                "target": chunk["target"][rows],
+                "input_ids": chunk["input_ids"][rows, width - longest:],
+                "history": padded_history(chunk, rows),
+            }

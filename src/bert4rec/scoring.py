@@ -32,8 +32,10 @@ def _batches(records: Path, manifest: dict, split: str, batch_size: int, desc: s
     total = manifest["splits"][split]["examples"]
     if total == 0:
         raise UserError(f"{records / 'manifest.json'}: the '{split}' split is empty; nothing to evaluate")
-    batches = dataset.eval_batches(records, manifest, split, batch_size)
-    return progress(batches.as_numpy_iterator(), desc=desc, unit=" batches")
+    chunks, rest = divmod(total, dataset.EVAL_CHUNK)
+    batches = chunks * -(-dataset.EVAL_CHUNK // batch_size) + -(-rest // batch_size)
+    return progress(dataset.eval_batches(records, manifest, split, batch_size), desc=desc, unit=" batches",
+                    total=batches)
 
 
 def evaluate(model, records: Path, manifest: dict, split: str, batch_size: int, popularity: np.ndarray,
@@ -55,15 +57,17 @@ def evaluate(model, records: Path, manifest: dict, split: str, batch_size: int, 
                          batch["target"], batch["history"])
         users.append(batch["user_index"])
         targets.append(batch["target"])
-    per_user = {"user_index": np.concatenate(users), "target": np.concatenate(targets), "rank": np.concatenate(ranks)}
+    order = np.argsort(np.concatenate(users), kind="stable")
+    per_user = {"user_index": np.concatenate(users)[order], "target": np.concatenate(targets)[order],
+                "rank": np.concatenate(ranks)[order]}
     return evaluation.result(), (baseline.result() if baseline is not None else None), per_user
 
 
 def history_counts(records: Path, manifest: dict, split: str) -> np.ndarray:
     """Most-popular scores from the split's own input histories (no held-out item leaks in)."""
     counts = np.zeros(manifest["num_tokens"], dtype=np.float64)
-    for batch in dataset.read_split(records, manifest, split).map(lambda e: e["history"]).padded_batch(4096).as_numpy_iterator():
-        counts += np.bincount(batch.reshape(-1), minlength=len(counts))  # PAD lands on token 0
+    for chunk in dataset.eval_chunks(records, manifest, split):
+        counts += np.bincount(chunk["history_flat"], minlength=len(counts))
     return popularity_scores(counts[FIRST_ITEM:], manifest["num_tokens"])
 
 
@@ -94,7 +98,10 @@ def top_k_function(model, k: int, num_tokens: int):
 
 
 def predict(model, records: Path, manifest: dict, split: str, batch_size: int, k: int):
-    """Top-k tokens and scores per user, plus the user embedding (last-position encoder output)."""
+    """Top-k tokens and scores per user, plus the user embedding (last-position encoder output).
+
+    Rows are in user order, whatever order the batches came in.
+    """
     top = top_k_function(model, k, manifest["num_tokens"])
     users, tokens, values, embeddings = [], [], [], []
     for batch in _batches(records, manifest, split, batch_size, f"{split}: top-{k}"):
@@ -103,4 +110,6 @@ def predict(model, records: Path, manifest: dict, split: str, batch_size: int, k
         tokens.append(t.numpy())
         values.append(v.numpy())
         embeddings.append(h.numpy())
-    return np.concatenate(users), np.concatenate(tokens), np.concatenate(values), np.concatenate(embeddings)
+    users = np.concatenate(users)
+    order = np.argsort(users, kind="stable")
+    return users[order], np.concatenate(tokens)[order], np.concatenate(values)[order], np.concatenate(embeddings)[order]

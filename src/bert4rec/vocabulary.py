@@ -39,14 +39,23 @@ def build_vocabulary(sequences: Path, out: Path) -> int:
     return len(order)
 
 
-def load_vocabulary(path: Path) -> pa.Array:
-    """Item ids in token order (token = position + 2)."""
+def _read_vocabulary(path: Path, column: str) -> pa.Array:
     if not path.exists():
         raise UserError(
-            f"{path}: no saved item vocabulary; it is written when a model is trained "
-            "(raw.task train_val_test or train_val), and test/inference reuse it"
+            f"{path}: no saved item vocabulary; the tfrecord stage writes it "
+            "(when raw.task is train_val_test or train_val); rerun tfrecord"
         )
-    return pq.read_table(path, columns=["item_id"]).column("item_id").combine_chunks()
+    return pq.read_table(path, columns=[column]).column(column).combine_chunks()
+
+
+def load_vocabulary(path: Path) -> pa.Array:
+    """Item ids in token order (token = position + 2)."""
+    return _read_vocabulary(path, "item_id")
+
+
+def item_counts(path: Path) -> np.ndarray:
+    """Training interactions per item, in token order (the popularity baseline and sampler)."""
+    return _read_vocabulary(path, "count").to_numpy()
 
 
 def tokens_of(items: pa.ChunkedArray, vocab: pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -13,10 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import tensorflow as tf
 
-from bert4rec import dataset, export, modelstore, scoring, tracking, training
+from bert4rec import dataset, export, modelstore, scoring, tracking, training, vocabulary
 from bert4rec.config import Params
 from bert4rec.errors import UserError
 from bert4rec.fileio import write_json
@@ -44,7 +43,7 @@ def run(paths: ProjectPaths, params: Params) -> dict:
             "model": tv.model.model_dump(mode="json"), "vocabulary_sha256": manifest["vocabulary"]["sha256"]}
 
     training.setup_runtime(tv)
-    counts = pq.read_table(paths.item_vocab, columns=["count"]).column("count").to_numpy()
+    counts = vocabulary.item_counts(paths.item_vocab)
     trainer = training.Trainer(tv, manifest, paths.records, counts)
     state = trainer.state
     saved = modelstore.checkpoints(folder / "checkpoints")
@@ -135,7 +134,7 @@ def run(paths: ProjectPaths, params: Params) -> dict:
         metrics, _, _ = scoring.evaluate(trainer.model, paths.records, manifest, "valid", tv.eval_batch_size,
                                          popularity, score=score)
         modelstore.save_arrays(folder / "weights.npz", modelstore.weights_to_arrays(trainer.model.get_weights(), "model/"))
-        item_ids = pq.read_table(paths.item_vocab, columns=["item_id"]).column("item_id").to_numpy(zero_copy_only=False)
+        item_ids = vocabulary.load_vocabulary(paths.item_vocab).to_numpy(zero_copy_only=False)
         export.export(trainer.model, item_ids, manifest["max_seq_length"], folder / "saved_model")
         info.update(trained_steps=state.step, replicas=trainer.replicas, best_step=state.best_step, stopped_early=state.stopped_early,
                     valid=metrics, training_sequences_per_second=round(throughput.per_second, 2),

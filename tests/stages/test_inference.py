@@ -1,0 +1,49 @@
+"""The inference stage: top-k per user with original ids, user embeddings, the SavedModel export."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from conftest import run_stage, set_params
+
+from .conftest import USERS, model_dir
+
+run = run_stage
+
+
+def test_inference_decodes_ids_and_matches_the_saved_model(trained):
+    assert run("inference", trained) == 0
+    predictions = pd.read_parquet(trained / "results" / "tiny" / "predictions.parquet")
+    assert len(predictions) == USERS * 5 and predictions["rank"].tolist()[:5] == [1, 2, 3, 4, 5]
+    users_in_index_order = pd.read_parquet(trained / "references" / "users.parquet").sort_values("user_index")
+    assert predictions["user_id"].iloc[::5].tolist() == users_in_index_order["user_id"].tolist()
+    embeddings = pd.read_parquet(trained / "results" / "tiny" / "user_embeddings.parquet")
+    assert len(embeddings) == USERS and len(embeddings["embedding"][0]) == 32
+    events = pd.read_csv(trained / "data" / "external" / "events.txt", sep=" ", header=None, names=["user", "item"])
+    histories = events.groupby("user", sort=False)["item"].apply(list)
+    users = histories.index[:50]
+    for user in users[:5]:  # seen items are never recommended; ids are the original ones
+        top = predictions[predictions.user_id == user]["item_id"]
+        assert not set(top) & set(histories[user])
+    served = tf.saved_model.load(str(model_dir(trained) / "saved_model")).signatures["serving_default"]
+    width = max(len(histories[u]) for u in users)
+    padded = np.full((len(users), width + 3), -1, dtype=np.int64)  # -1: padding / unknown ids
+    for row, user in enumerate(users):
+        padded[row, -len(histories[user]):] = histories[user]
+    out = served(item_ids=tf.constant(padded), k=tf.constant(5))
+    expected = predictions.set_index(["user_id", "rank"])["item_id"]
+    for row, user in enumerate(users):
+        assert out["item_ids"].numpy()[row].tolist() == [expected[(user, r)] for r in range(1, 6)]
+    scores = predictions.set_index(["user_id", "rank"])["score"]
+    np.testing.assert_allclose(out["scores"].numpy()[0], [scores[(users[0], r)] for r in range(1, 6)], rtol=1e-4)
+
+
+def test_inference_without_a_trained_model_is_refused(trained, tmp_path, capsys):
+    project = tmp_path / "synth"
+    shutil.copytree(trained, project, symlinks=True)
+    set_params(project, inference={"model_name": "never-trained"})
+    assert run("inference", project) == 2
+    assert "no trained model 'never-trained'; run the train_val stage first" in capsys.readouterr().err
+    assert not (project / "results" / "never-trained").exists()

@@ -1,0 +1,51 @@
+"""The test stage: the trained model and the most-popular baseline on the held-out items."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from conftest import run_stage
+
+from .conftest import USERS, model_dir
+
+run = run_stage
+
+
+def test_test_stage_reports_model_and_most_popular(trained):
+    assert run("test", trained) == 0
+    report = json.loads((trained / "results" / "tiny" / "test_metrics.json").read_text())
+    for key in ("ndcg_at_1", "ndcg_at_10", "ndcg_at_100", "hit_at_10", "mrr", "rank100", "rank100_percent",
+                "coverage_at_10", "sampled_ndcg_at_10"):
+        assert key in report and key in report["most_popular"]
+    assert report["users"] == USERS
+    assert report["ndcg_at_10"] > report["most_popular"]["ndcg_at_10"]
+    ranks = pd.read_parquet(trained / "results" / "tiny" / "test_ranks.parquet")
+    assert len(ranks) == USERS and set(ranks.columns) == {"user_id", "target_item_id", "rank"}
+    assert ranks["rank"].between(1, 200).all()
+    assert (ranks["rank"] <= 10).mean() == pytest.approx(report["hit_at_10"])
+
+
+def test_model_from_another_vocabulary_is_refused(trained, tmp_path, capsys):
+    project = tmp_path / "synth"
+    shutil.copytree(trained, project, symlinks=True)
+    info = json.loads((model_dir(project) / "model.json").read_text())
+    (model_dir(project) / "model.json").write_text(json.dumps({**info, "vocabulary_sha256": "0" * 64}))
+    shutil.rmtree(project / "results", ignore_errors=True)
+    assert run("test", project) == 2
+    assert "was trained with another item vocabulary" in capsys.readouterr().err
+    assert not (project / "results" / "tiny" / "test_metrics.json").exists()
+
+
+def test_empty_test_split_is_refused(trained, tmp_path, capsys):
+    project = tmp_path / "synth"
+    shutil.copytree(trained, project, symlinks=True)
+    shutil.rmtree(project / "results", ignore_errors=True)
+    manifest_path = project / "data" / "processed" / "records" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["splits"]["test"]["examples"] = 0
+    manifest_path.write_text(json.dumps(manifest))
+    assert run("test", project) == 2
+    assert "the 'test' split is empty" in capsys.readouterr().err
+    assert not (project / "results" / "tiny" / "test_metrics.json").exists()
