@@ -114,9 +114,10 @@ def test_eval_batches_sort_by_length_and_match_the_records(synthetic_project):
     expected = {
         int(e["user_index"][0]): e for e in dataset.read_split(records, manifest, "valid").as_numpy_iterator()
     }
-    seen = []
+    seen, widths = [], []
     for batch in dataset.eval_batches(records, manifest, "valid", batch_size=8, chunk_size=13):
         inputs = batch["input_ids"]
+        widths.append(((inputs != PAD).sum(axis=1).min(), inputs.shape[1]))
         assert len(inputs) <= 8 and (inputs != PAD).any(axis=0).all()  # cut to the longest input
         for row, user in enumerate(batch["user_index"]):
             record = expected[int(user)]
@@ -128,3 +129,23 @@ def test_eval_batches_sort_by_length_and_match_the_records(synthetic_project):
             assert (history[len(record["history"]):] == PAD).all()
             seen.append(int(user))
     assert sorted(seen) == sorted(expected)  # every user exactly once
+    for (_, first_longest), (second_shortest, _) in zip(widths[::2], widths[1::2]):  # chunks of 13 = 8 + 5
+        assert first_longest <= second_shortest  # sorted by length within a chunk
+
+
+def test_eval_batches_with_empty_histories(tmp_path):
+    from bert4rec.records import encode_example, write_record
+
+    def example(user, inputs, history):
+        return encode_example({"user_index": np.array([user], np.int32), "target": np.array([5], np.int32),
+                               "input_ids": np.array(inputs, np.int32), "history": np.array(history, np.int32)})
+
+    with open(tmp_path / "valid-0.tfrecord", "wb") as handle:
+        write_record(handle, example(0, [PAD, PAD, MASK], []))
+        write_record(handle, example(1, [PAD, 7, MASK], [7]))
+        write_record(handle, example(2, [PAD, PAD, MASK], []))
+    manifest = {"max_seq_length": 3, "splits": {"valid": {"shards": [{"file": "valid-0.tfrecord"}]}}}
+    batches = list(dataset.eval_batches(tmp_path, manifest, "valid", batch_size=2, chunk_size=2))
+    assert [b["user_index"].tolist() for b in batches] == [[0, 1], [2]]
+    assert batches[0]["history"].tolist() == [[PAD], [7]] and batches[0]["input_ids"].shape == (2, 2)
+    assert batches[1]["history"].shape == (1, 0) and batches[1]["input_ids"].tolist() == [[MASK]]

@@ -111,9 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if args.reuse_model:
         project = args.work / "ml1m"
+        read_json(project / "models" / MODEL_NAME / "model.json", "trained benchmark model in --work")
         previous = read_json(args.out, "previous benchmark result (run without --reuse-model first)",
                              required=("stages",))
-        read_json(project / "models" / MODEL_NAME / "model.json", "trained benchmark model")
+        missing = {"raw", "tfrecord", "train_val"} - set(previous["stages"])
+        if missing:
+            raise UserError(f"{args.out}: no figures for stage(s) {', '.join(sorted(missing))}; run without --reuse-model")
         stages = {name: previous["stages"][name] for name in ("raw", "tfrecord", "train_val")}
         stages.update({name: stage(name, project, args.work / "logs") for name in ("test", "inference")})
     else:

@@ -217,14 +217,14 @@ def padded_history(chunk: dict, rows: np.ndarray) -> np.ndarray:
 def eval_batches(records: Path, manifest: dict, split: str, batch_size: int, chunk_size: int = EVAL_CHUNK):
     """Batches of users, inputs (MASK last), targets and PAD-padded seen items, as numpy dicts.
 
-    Within a chunk, users are sorted by history length and each batch is cut to its longest
-    input, so short histories are not scored through 200 positions (the order of users changes,
+    Within a chunk, users are sorted by input length (then by number of seen items) and each
+    batch is cut to its longest input, so short histories are not scored through 200 positions (the order of users changes,
     not the result).
     """
     width = manifest["max_seq_length"]
     for chunk in eval_chunks(records, manifest, split, chunk_size):
         lengths = (chunk["input_ids"] != PAD).sum(axis=1)
-        order = np.argsort(lengths, kind="stable")
+        order = np.lexsort((chunk["history_end"] - chunk["history_start"], lengths))  # seen items pad less too
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             longest = max(int(lengths[rows].max()), 1)

@@ -57,8 +57,9 @@ def evaluate(model, records: Path, manifest: dict, split: str, batch_size: int, 
                          batch["target"], batch["history"])
         users.append(batch["user_index"])
         targets.append(batch["target"])
-    order = np.argsort(np.concatenate(users), kind="stable")
-    per_user = {"user_index": np.concatenate(users)[order], "target": np.concatenate(targets)[order],
+    users = np.concatenate(users)
+    order = np.argsort(users, kind="stable")
+    per_user = {"user_index": users[order], "target": np.concatenate(targets)[order],
                 "rank": np.concatenate(ranks)[order]}
     return evaluation.result(), (baseline.result() if baseline is not None else None), per_user
 

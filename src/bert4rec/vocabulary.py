@@ -42,8 +42,8 @@ def build_vocabulary(sequences: Path, out: Path) -> int:
 def _read_vocabulary(path: Path, column: str) -> pa.Array:
     if not path.exists():
         raise UserError(
-            f"{path}: no saved item vocabulary; the tfrecord stage writes it "
-            "(when raw.task is train_val_test or train_val); rerun tfrecord"
+            f"{path}: no saved item vocabulary; the tfrecord stage writes it when raw.task is train_val_test "
+            "or train_val (rerun it), and test/inference tasks reuse the one of the project that trained the model"
         )
     return pq.read_table(path, columns=[column]).column(column).combine_chunks()
 
