@@ -17,10 +17,14 @@ from bert4rec.progress import progress
 from bert4rec.records import FIRST_ITEM
 
 
+# Any batch size and width: one trace serves every length-sorted batch.
+TOKENS = tf.TensorSpec([None, None], tf.int32)
+
+
 def score_function(model):
     """Compiled (scores over all tokens, last-position encoder output) for a batch of inputs."""
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[TOKENS])
     def score(input_ids):
         hidden = model.encode(input_ids, training=False, last_only=True)[:, -1]
         return model.logits(model.transform(hidden)), tf.cast(hidden, tf.float32)
@@ -83,7 +87,7 @@ def popularity_scores(counts: np.ndarray, num_tokens: int) -> np.ndarray:
 def top_k_function(model, k: int, num_tokens: int):
     """Compiled top-k over candidates with seen items (PAD-padded history) and specials removed."""
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[TOKENS, TOKENS])
     def top(input_ids, history):
         hidden = model.encode(input_ids, training=False, last_only=True)[:, -1]
         scores = model.logits(model.transform(hidden))
@@ -98,12 +102,13 @@ def top_k_function(model, k: int, num_tokens: int):
     return top
 
 
-def predict(model, records: Path, manifest: dict, split: str, batch_size: int, k: int):
+def predict(model, records: Path, manifest: dict, split: str, batch_size: int, k: int, top=None):
     """Top-k tokens and scores per user, plus the user embedding (last-position encoder output).
 
-    Rows are in user order, whatever order the batches came in.
+    Rows are in user order, whatever order the batches came in. `top`: a top_k_function(model,
+    k, ...) to reuse (it is traced on its first call).
     """
-    top = top_k_function(model, k, manifest["num_tokens"])
+    top = top or top_k_function(model, k, manifest["num_tokens"])
     users, tokens, values, embeddings = [], [], [], []
     for batch in _batches(records, manifest, split, batch_size, f"{split}: top-{k}"):
         t, v, h = top(batch["input_ids"], batch["history"])
