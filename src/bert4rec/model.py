@@ -60,9 +60,8 @@ class SelfAttention(layers.Layer):
             kernel, offset = ops.cast(self.qkv.kernel, x.dtype), ops.cast(self.qkv.bias, x.dtype)
             q = ops.matmul(x[:, -1], kernel[:, :width]) + offset[:width]
             q = ops.transpose(ops.reshape(q, (batch, 1, self.heads, self.head_size)), (0, 2, 1, 3))
-            kv = ops.reshape(x, (-1, ops.shape(x)[2]))
-            kv = ops.reshape(ops.matmul(kv, kernel[:, width:]) + offset[width:], (batch, length, 2, self.heads, self.head_size))
-            kv = ops.transpose(kv, (2, 0, 3, 1, 4))
+            kv = ops.matmul(ops.reshape(x, (-1, ops.shape(x)[2])), kernel[:, width:]) + offset[width:]
+            kv = ops.transpose(ops.reshape(kv, (batch, length, 2, self.heads, self.head_size)), (2, 0, 3, 1, 4))
             k, v = kv[0], kv[1]
         else:
             qkv = ops.reshape(self.qkv(x), (batch, length, 3, self.heads, self.head_size))
@@ -77,7 +76,7 @@ class SelfAttention(layers.Layer):
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
         probs = self.dropout(ops.softmax(scores, axis=-1), training=training)
         context = ops.transpose(ops.matmul(probs, v), (0, 2, 1, 3))
-        return self.out(ops.reshape(context, (batch, ops.shape(q)[2], self.heads * self.head_size)))
+        return self.out(ops.reshape(context, (batch, ops.shape(q)[2], width)))
 
 
 class TransformerBlock(layers.Layer):
