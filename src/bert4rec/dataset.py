@@ -214,12 +214,18 @@ def padded_history(chunk: dict, rows: np.ndarray) -> np.ndarray:
     return np.where(valid, chunk["history_flat"][np.where(valid, index, 0)], PAD).astype(np.int32)
 
 
+def eval_batch_count(examples: int, batch_size: int, chunk_size: int = EVAL_CHUNK) -> int:
+    """How many batches eval_batches yields for a split of `examples` records."""
+    chunks, rest = divmod(examples, chunk_size)
+    return chunks * -(-chunk_size // batch_size) + -(-rest // batch_size)
+
+
 def eval_batches(records: Path, manifest: dict, split: str, batch_size: int, chunk_size: int = EVAL_CHUNK):
     """Batches of users, inputs (MASK last), targets and PAD-padded seen items, as numpy dicts.
 
     Within a chunk, users are sorted by input length (then by number of seen items) and each
-    batch is cut to its longest input, so short histories are not scored through 200 positions (the order of users changes,
-    not the result).
+    batch is cut to its longest input, so short histories are not scored through 200 positions
+    (the order of users changes, not the result).
     """
     width = manifest["max_seq_length"]
     for chunk in eval_chunks(records, manifest, split, chunk_size):

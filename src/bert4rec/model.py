@@ -92,7 +92,7 @@ class TransformerBlock(layers.Layer):
         self.attention = SelfAttention(params, name="attention")
         self.attention_norm = layers.LayerNormalization(epsilon=1e-6, name="attention_norm")
         self.inner = FusedDense(params.intermediate_size, activation=params.hidden_act,
-                                  kernel_initializer=_init(params), name="inner")
+                                kernel_initializer=_init(params), name="inner")
         self.outer = FusedDense(params.hidden_size, kernel_initializer=_init(params), name="outer")
         self.output_norm = layers.LayerNormalization(epsilon=1e-6, name="output_norm")
         self.dropout = layers.Dropout(params.hidden_dropout_prob)
@@ -123,7 +123,7 @@ class Bert4Rec(keras.Model):
         self.dropout = layers.Dropout(params.hidden_dropout_prob)
         self.blocks = [TransformerBlock(params, name=f"block_{i}") for i in range(params.num_hidden_layers)]
         self.head_dense = FusedDense(params.hidden_size, activation=params.hidden_act,
-                                       kernel_initializer=_init(params), name="head_dense")
+                                     kernel_initializer=_init(params), name="head_dense")
         self.head_norm = layers.LayerNormalization(epsilon=1e-6, name="head_norm")
         self.final_norm = (layers.LayerNormalization(epsilon=1e-6, name="final_norm")
                            if params.layer_norm == "pre" else None)

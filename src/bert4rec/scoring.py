@@ -36,10 +36,8 @@ def _batches(records: Path, manifest: dict, split: str, batch_size: int, desc: s
     total = manifest["splits"][split]["examples"]
     if total == 0:
         raise UserError(f"{records / 'manifest.json'}: the '{split}' split is empty; nothing to evaluate")
-    chunks, rest = divmod(total, dataset.EVAL_CHUNK)
-    batches = chunks * -(-dataset.EVAL_CHUNK // batch_size) + -(-rest // batch_size)
     return progress(dataset.eval_batches(records, manifest, split, batch_size), desc=desc, unit=" batches",
-                    total=batches)
+                    total=dataset.eval_batch_count(total, batch_size))
 
 
 def evaluate(model, records: Path, manifest: dict, split: str, batch_size: int, popularity: np.ndarray,
