@@ -9,7 +9,7 @@ B4R := $(BIN)/bert4rec
 STAGES := raw tfrecord train_val test inference
 F ?=
 PORT ?= 5000
-.PHONY: help install check $(STAGES) project use pipeline ui demo bench-data
+.PHONY: help install check browser $(STAGES) project use pipeline ui demo bench-data
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -20,8 +20,18 @@ install: ## create .venv with the pinned dependencies (requirements.lock) and th
 	$(BIN)/pip install -qq -c requirements.lock -e ".[dev]"  # -qq: errors only
 	@echo "installed: $$($(BIN)/python -c 'import tensorflow as tf, keras, mlflow, dvc; print("tensorflow", tf.__version__, "keras", keras.__version__, "mlflow", mlflow.__version__)' 2>/dev/null)"
 
-check: ## run the test suite (the test *stage* is `make test`)
+check: | $(B4R) browser ## run the test suite (installs first on a fresh clone; the test *stage* is `make test`)
 	$(BIN)/python -m pytest -q
+
+browser: ## headless Chromium for the MLflow UI test: installed with apt-get when missing (as root), else how to
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Chromium (apt-get) for the MLflow UI test ..."; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "error: the MLflow UI test needs Chromium: run 'sudo apt-get install chromium' (Debian/Ubuntu) or put a chromium on PATH, then make check again" >&2; \
+	    exit 2; \
+	  fi; }
 
 raw: ## raw stage: input -> per-user sequences; each stage target commits+pushes, opens an MLflow run, dvc repro, commits dvc.lock, dvc push (F=-f forces)
 	$(B4R) run $@ $(F)

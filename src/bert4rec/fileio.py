@@ -8,7 +8,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ValidationError
 
 from bert4rec.errors import UserError
 
@@ -51,6 +55,13 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def parquet_stream(path: str | Path, schema: pa.Schema) -> Iterator[Callable[[pa.Table], None]]:
+    """Write a Parquet file a row group at a time (memory flat); in place only if the block succeeds."""
+    with atomic_file(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        yield writer.write_table
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
@@ -76,16 +87,46 @@ def write_json(path: str | Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | Path, what: str, required: tuple[str, ...] = (), hint: str = "") -> dict:
-    """Read a JSON object; a missing file, bad JSON or a missing required key names the file."""
+def read_json(path: str | Path, what: str) -> dict:
+    """Read a JSON object; a missing file or bad JSON is an error naming the file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: {what} not found")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: {what} is not valid JSON ({error})") from None
-    for key in required:
-        if key not in data:
-            raise UserError(f"{path}: missing key '{key}'{hint}")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: {what} is not a JSON object")
     return data
+
+
+Typed = TypeVar("Typed", bound=BaseModel)
+
+
+def read_typed(path: str | Path, kind: type[Typed], what: str, hint: str = "") -> Typed:
+    """Read and validate a JSON file into `kind`; a wrong or missing key is one line naming it."""
+    data = read_json(path, what)
+    try:
+        return kind.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise UserError(f"{path}: {what}: key '{key}': {first['msg']}{hint}") from None
+
+
+def write_typed(path: str | Path, value: BaseModel) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(value.model_dump_json(indent=2) + "\n")
+
+
+def write_curves(path: str | Path, rows: dict[int, dict[str, float]]) -> None:
+    """Per-step metrics as CSV (step, then every metric seen; blank where a step lacks one)."""
+    columns: list[str] = []
+    for row in rows.values():
+        columns += [k for k in row if k not in columns]
+    lines = [",".join(["step", *columns])]
+    for step in sorted(rows):
+        lines.append(",".join([str(step), *(repr(float(rows[step][c])) if c in rows[step] else "" for c in columns)]))
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")

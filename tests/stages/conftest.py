@@ -1,37 +1,10 @@
-"""A learnable synthetic project and a tiny model trained on it once per session (CPU, ~30 s)."""
+"""The tiny model trained once per session on the learnable synthetic project (CPU, ~30 s)."""
 
-import numpy as np
 import pytest
 
-from bert4rec import synthetic
-from conftest import make_project, run_stage
+from helpers import run_stage
 
-TINY = {
-    "model_name": "tiny",
-    "model": {"hidden_size": 32, "intermediate_size": 64, "max_position_embeddings": 20,
-              "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-    "batch_size": 32, "num_train_steps": 600, "num_warmup_steps": 30, "learning_rate": 0.003,
-    "eval_every_steps": 200, "save_checkpoints_steps": 200, "log_every_steps": 100, "keep_checkpoints": 2,
-    "early_stopping_patience": 0, "length_buckets": 1,
-}
-TFRECORD = {"max_seq_length": 20, "max_predictions_per_seq": 4, "num_shards": 2, "pool_size": 1}
-USERS = 400
-
-
-def model_dir(project, name="tiny"):
-    return project / "models" / name
-
-
-def new_project(root, **train_val):
-    """A synthetic log with a strong successor pattern (what BERT4Rec can learn, most-popular can't)."""
-    data = root / "events.txt"
-    table = synthetic.generate(users=USERS, items=200, mean_length=25, seed=3, follow_prob=0.9, successors=1, zipf=0.5)
-    synthetic.write(table, data, "sequence_lines")
-    project = make_project(root / "projects" / "synth", data, tfrecord=TFRECORD, train_val={**TINY, **train_val},
-                           test={"per_user_ranks": True, "sampled_negatives": 20},
-                           inference={"user_embeddings": True, "top_k": 5})
-    assert run_stage("raw", project) == 0 and run_stage("tfrecord", project) == 0
-    return project
+from .tiny import new_project
 
 
 @pytest.fixture(scope="session")
@@ -42,15 +15,3 @@ def trained(tmp_path_factory):
         project = new_project(tmp_path_factory.mktemp("trained"))
         assert run_stage("train_val", project) == 0
     return project
-
-
-def most_popular_valid_ndcg(project):
-    from bert4rec import dataset, metrics, scoring
-
-    records = project / "data" / "processed" / "records"
-    manifest = dataset.load_manifest(records)
-    popular = scoring.history_counts(records, manifest, "valid")[None, :]
-    evaluation = metrics.Evaluation(manifest["num_tokens"])
-    for batch in dataset.eval_batches(records, manifest, "valid", 512):
-        evaluation.add(np.repeat(popular, len(batch["target"]), 0), batch["target"], batch["history"])
-    return evaluation.result()["ndcg_at_10"]

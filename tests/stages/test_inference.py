@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from conftest import run_stage, set_params
+from helpers import run_stage, set_params
 
-from .conftest import USERS, model_dir
+from .tiny import USERS, model_dir
 
 run = run_stage
 
@@ -43,7 +43,7 @@ def test_inference_decodes_ids_and_matches_the_saved_model(trained):
 def test_inference_without_a_trained_model_is_refused(trained, tmp_path, capsys):
     project = tmp_path / "synth"
     shutil.copytree(trained, project, symlinks=True)
-    set_params(project, inference={"model_name": "never-trained"})
+    set_params(project, train_val={"model_name": "never-trained"})
     assert run("inference", project) == 2
     assert "no trained model 'never-trained'; run the train_val stage first" in capsys.readouterr().err
     assert not (project / "results" / "never-trained").exists()

@@ -6,8 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from bert4rec import cli, synthetic
-from conftest import make_project, shared_file
+from bert4rec import cli
+from bert4rec.tools import synthetic
+from helpers import make_project, shared_file
 
 
 def run_raw(project):

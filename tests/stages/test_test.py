@@ -6,9 +6,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from conftest import run_stage
+from helpers import run_stage
 
-from .conftest import USERS, model_dir
+from .tiny import USERS, model_dir
 
 run = run_stage
 

@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from bert4rec.records import MASK, PAD
-from conftest import make_project, run_stage, set_params, shared_file
+from bert4rec.data.records import MASK, PAD
+from helpers import make_project, run_stage, set_params, shared_file
 
 
 run = run_stage

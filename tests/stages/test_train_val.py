@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from bert4rec.fileio import read_json
-from conftest import REPO, run_stage, set_params
+from helpers import REPO, run_stage, set_params
 
-from .conftest import TINY, USERS, model_dir, most_popular_valid_ndcg, new_project
+from .tiny import TINY, USERS, model_dir, most_popular_valid_ndcg, new_project
 
 run = run_stage
 

@@ -10,19 +10,21 @@ import logging
 import tempfile
 from pathlib import Path
 
-from bert4rec import readers, tracking
-from bert4rec.config import RawParams
+from bert4rec.data import readers
+from bert4rec.data.sequences import Spill, decoded_ids, write_sequences
 from bert4rec.errors import UserError
 from bert4rec.fileio import ensure_dir, write_json
+from bert4rec.params import Params
 from bert4rec.paths import ProjectPaths
 from bert4rec.progress import progress
-from bert4rec.project import stage_main
-from bert4rec.sequences import Spill, decoded_ids, write_sequences
+from bert4rec.stages.common import stage_main
+from bert4rec.workflow import tracking
 
 log = logging.getLogger("bert4rec.raw")
 
 
-def run(paths: ProjectPaths, raw: RawParams) -> dict:
+def run(paths: ProjectPaths, params: Params) -> dict:
+    raw = params.raw
     source = paths.resolve_input(raw.input)
     description, tables = readers.read_events(source, raw)
     log.info("reading %s (%s)", source, description)
@@ -45,8 +47,7 @@ def run(paths: ProjectPaths, raw: RawParams) -> dict:
         if events_read == 0:
             raise UserError(f"{source}: no interactions found; expected rows of user, item[, timestamp]")
         log.info("read %d events, %d users, %d items", events_read, len(users), len(items))
-        user_ids, item_ids = decoded_ids(users), decoded_ids(items)
-        summary = write_sequences(paths, raw, spill, user_ids, item_ids, len(items))
+        summary = write_sequences(paths, raw, spill, decoded_ids(users), decoded_ids(items), len(items))
     summary = {
         "input": str(Path(raw.input)),
         "format": description,
@@ -55,17 +56,15 @@ def run(paths: ProjectPaths, raw: RawParams) -> dict:
         **summary,
     }
     write_json(paths.raw_summary, summary)
-    log.info(
-        "kept %d users, %d items, %d interactions -> %s",
-        summary["users"], summary["items"], summary["interactions"], paths.sequences,
-    )
+    log.info("kept %d users, %d items, %d interactions -> %s",
+             summary["users"], summary["items"], summary["interactions"], paths.sequences)
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     paths, params = stage_main("raw", __doc__.splitlines()[0], argv)
-    with tracking.stage_run("raw", paths, params.model_dump(mode="json", include={"raw"})):
-        summary = run(paths, params.raw)
+    with tracking.stage_run("raw", paths, params, sections=("raw",)):
+        summary = run(paths, params)
         tracking.log_metrics({k: summary[k] for k in ("read", "users", "items", "interactions", "dropped", "history_length")})
         tracking.log_artifact(paths.raw_summary)
     return 0

@@ -10,55 +10,58 @@ import logging
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bert4rec import dataset, metrics, modelstore, scoring, tracking
-from bert4rec.config import Params
+from bert4rec.data.manifest import Manifest
+from bert4rec.data.records import FIRST_ITEM
 from bert4rec.fileio import atomic_file, write_json
+from bert4rec.model import metrics, recommend, store
+from bert4rec.params import Params
 from bert4rec.paths import ProjectPaths
-from bert4rec.project import stage_main
-from bert4rec.records import FIRST_ITEM
+from bert4rec.stages.common import stage_main, user_ids
+from bert4rec.workflow import tracking
 
 log = logging.getLogger("bert4rec.test")
 
 
 def run(paths: ProjectPaths, params: Params) -> dict:
-    tp = params.test
-    manifest = dataset.load_manifest(paths.records)
-    name = modelstore.chosen_model(paths, params, tp.model_name)
-    model, info = modelstore.load_model(paths.model_dir(name), manifest)
-    dataset.split_files(paths.records, manifest, "test")
-    popularity = scoring.history_counts(paths.records, manifest, "test")
-    out = paths.results_dir(name)
-    with tracking.stage_run("test", paths, {"test": tp.model_dump(mode="json"), "model_name": name},
-                            tags={"model_name": name}):
-        result, baseline, per_user = scoring.evaluate(
-            model, paths.records, manifest, "test", tp.batch_size, popularity,
-            sampled_negatives=tp.sampled_negatives, seed=params.train_val.seed, with_baseline=True,
-        )
+    tp, name = params.test, params.model_name()
+    manifest = Manifest.read(paths.records)
+    folder, out = paths.model_dir(name), paths.results_dir(name)
+    model, _ = store.load_model(folder, manifest)
+    manifest.shard_files("test")
+    popularity = recommend.history_popularity(manifest, "test")
+    recommenders = {"model": recommend.Recommender(recommend.ModelScorer(model)),
+                    "most_popular": recommend.Recommender(recommend.StaticScorer(recommend.baseline_scores(popularity)))}
+    sampling = recommend.Sampling(tp.sampled_negatives, popularity, params.train_val.seed)
+    with tracking.stage_run("test", paths, params, sections=("test",), model_name=name):
+        results = recommend.evaluate(recommenders, manifest, "test", tp.batch_size, sampling)
+        result, baseline = results["model"].result(), results["most_popular"].result()
         report = {"model_name": name, "split": "test", **result, "most_popular": baseline}
         write_json(out / "test_metrics.json", report)
         tracking.log_metrics(result)
         tracking.log_metrics({f"most_popular_{k}": v for k, v in baseline.items()})
         tracking.log_artifact(out / "test_metrics.json")
         if tp.per_user_ranks:
-            users = pq.read_table(paths.user_map).to_pandas().set_index("user_index")["user_id"]
-            rank = per_user["rank"]
-            ids = modelstore.item_ids(paths.model_dir(name))
-            known = per_user["target"] >= FIRST_ITEM
-            targets = np.where(known, ids[np.maximum(per_user["target"] - FIRST_ITEM, 0)], None)
-            targets = [t if k else None for t, k in zip(targets.tolist(), known)]
-            table = pa.table({
-                "user_id": pa.array(users.reindex(per_user["user_index"]).to_numpy()),
-                "target_item_id": pa.array(targets),
-                "rank": np.where(rank == metrics.MISS, -1, rank + 1),  # 1-based; -1 = target unknown
-            })
-            with atomic_file(out / "test_ranks.parquet") as tmp:
-                pq.write_table(table, tmp)
+            write_ranks(paths, folder, results["model"].per_user(), out / "test_ranks.parquet")
     log.info("test %s: ndcg_at_10 %.4f hit_at_10 %.4f (most popular %.4f / %.4f) -> %s", name,
              result["ndcg_at_10"], result["hit_at_10"], baseline["ndcg_at_10"], baseline["hit_at_10"],
              out / "test_metrics.json")
     return report
+
+
+def write_ranks(paths: ProjectPaths, folder, per_user: dict, path) -> None:
+    """user_id, target_item_id and the 1-based rank (-1: the target is unknown to the vocabulary)."""
+    rank, known = per_user["rank"], per_user["target"] >= FIRST_ITEM
+    targets = store.item_ids(folder).take(pa.array(np.maximum(per_user["target"] - FIRST_ITEM, 0)))
+    table = pa.table({
+        "user_id": user_ids(paths).take(pa.array(per_user["user_index"])),
+        "target_item_id": pc.if_else(pa.array(known), targets, pa.scalar(None, targets.type)),
+        "rank": np.where(rank == metrics.MISS, -1, rank + 1),
+    })
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def main(argv: list[str] | None = None) -> int:

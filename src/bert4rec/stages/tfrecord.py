@@ -11,20 +11,19 @@ import logging
 import multiprocessing
 from pathlib import Path
 
-from bert4rec import tracking
-from bert4rec.config import TfrecordParams, params_hash
+from bert4rec.data.examples import SPLITS_BY_TASK, ShardJob, build_shard, feature_spec
+from bert4rec.data.manifest import NO_EFFECT_ON_OUTPUT, Manifest, Shard, Split, UnknownItems, VocabularyRef
+from bert4rec.data.records import FIRST_ITEM, MASK, PAD, shard_name
+from bert4rec.data.vocabulary import build_vocabulary, load_vocabulary
 from bert4rec.errors import UserError
-from bert4rec.examples import SPLITS_BY_TASK, ShardJob, build_shard, feature_spec
-from bert4rec.fileio import atomic_dir, write_json
+from bert4rec.fileio import atomic_dir
+from bert4rec.params import Params, params_hash
 from bert4rec.paths import ProjectPaths
 from bert4rec.progress import progress
-from bert4rec.project import stage_main
-from bert4rec.records import FIRST_ITEM, MASK, PAD, shard_name
-from bert4rec.vocabulary import build_vocabulary, load_vocabulary
+from bert4rec.stages.common import stage_main
+from bert4rec.workflow import tracking
 
 log = logging.getLogger("bert4rec.tfrecord")
-
-NO_EFFECT_ON_OUTPUT = {"pool_size"}  # parallelism only: the bytes are the same for any value
 
 
 def sha256(path: Path) -> str:
@@ -35,7 +34,8 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def run(paths: ProjectPaths, params: TfrecordParams, task: str) -> dict:
+def run(paths: ProjectPaths, params: Params) -> Manifest:
+    tf_params, task = params.tfrecord, params.raw.task
     if not paths.sequences.exists():
         raise UserError(f"{paths.sequences}: sequences not found; run the raw stage first")
     if task in ("train_val_test", "train_val"):
@@ -45,66 +45,57 @@ def run(paths: ProjectPaths, params: TfrecordParams, task: str) -> dict:
         vocab_size = len(load_vocabulary(paths.item_vocab))
         log.info("reusing item vocabulary %s (%d items)", paths.item_vocab, vocab_size)
     with atomic_dir(paths.records) as out:
-        jobs = [ShardJob(s, paths.sequences, paths.item_vocab, out, params, task) for s in range(params.num_shards)]
-        workers = min(params.pool_size, params.num_shards)
+        jobs = [ShardJob(s, paths.sequences, paths.item_vocab, out, tf_params, task) for s in range(tf_params.num_shards)]
+        workers = min(tf_params.pool_size, tf_params.num_shards)
         if workers > 1:
             with multiprocessing.get_context("fork").Pool(workers) as pool:
                 results = list(progress(pool.imap(build_shard, jobs), total=len(jobs), desc="tfrecord: shards"))
         else:
             results = [build_shard(job) for job in progress(jobs, desc="tfrecord: shards")]
-        splits = SPLITS_BY_TASK[task]
-        manifest = {
-            "task": task,
-            "masking": params.masking,
-            "params": params.model_dump(mode="json", exclude=NO_EFFECT_ON_OUTPUT),
-            "params_hash": params_hash(params, exclude=NO_EFFECT_ON_OUTPUT),
-            "vocabulary": {"file": str(paths.item_vocab.relative_to(paths.root)), "sha256": sha256(paths.item_vocab)},
-            "vocab_size": vocab_size,
-            "num_tokens": vocab_size + FIRST_ITEM,
-            "special_tokens": {"pad": PAD, "mask": MASK, "first_item": FIRST_ITEM},
-            "max_seq_length": params.max_seq_length,
-            "max_predictions_per_seq": params.max_predictions_per_seq,
-            "num_shards": params.num_shards,
-            "splits": {
-                split: {
-                    "examples": sum(r["counts"][split] for r in results),
-                    "features": feature_spec(split, params),
-                    "shards": [
-                        {"file": shard_name(split, r["shard"], params.num_shards), "examples": r["counts"][split],
-                         "sha256": sha256(out / shard_name(split, r["shard"], params.num_shards))}
-                        for r in results
-                    ],
-                }
-                for split in splits
-            },
-            "unknown_items": {
-                key: sum(r["unknown"][key] for r in results) for key in ("input_items", "targets")
-            },
-        }
-        write_json(out / "manifest.json", manifest)
-    unknown = manifest["unknown_items"]
-    if unknown["input_items"] or unknown["targets"]:
-        log.warning(
-            "%d history items and %d targets are not in the vocabulary: dropped from inputs, "
-            "targets count as misses", unknown["input_items"], unknown["targets"],
+        manifest = Manifest(
+            task=task, masking=tf_params.masking, params=tf_params,
+            params_hash=params_hash(tf_params, exclude=NO_EFFECT_ON_OUTPUT),
+            vocabulary=VocabularyRef(file=str(paths.item_vocab.relative_to(paths.root)), sha256=sha256(paths.item_vocab)),
+            vocab_size=vocab_size, num_tokens=vocab_size + FIRST_ITEM,
+            special_tokens={"pad": PAD, "mask": MASK, "first_item": FIRST_ITEM},
+            max_seq_length=tf_params.max_seq_length, max_predictions_per_seq=tf_params.max_predictions_per_seq,
+            num_shards=tf_params.num_shards,
+            splits={split: _split(split, results, out, tf_params) for split in SPLITS_BY_TASK[task]},
+            unknown_items=UnknownItems(**{key: sum(r["unknown"][key] for r in results)
+                                          for key in ("input_items", "targets")}),
         )
-    log.info(
-        "wrote %s -> %s",
-        ", ".join(f"{s}: {manifest['splits'][s]['examples']} examples" for s in splits), paths.records,
-    )
+        manifest.write(out)
+    manifest = Manifest.read(paths.records)
+    _report(manifest, paths)
     return manifest
+
+
+def _split(split: str, results: list[dict], out: Path, tf_params) -> Split:
+    names = [shard_name(split, r["shard"], tf_params.num_shards) for r in results]
+    return Split(
+        examples=sum(r["counts"][split] for r in results),
+        features=feature_spec(split, tf_params),
+        shards=[Shard(file=name, examples=r["counts"][split], sha256=sha256(out / name)) for name, r in zip(names, results)],
+    )
+
+
+def _report(manifest: Manifest, paths: ProjectPaths) -> None:
+    unknown = manifest.unknown_items
+    if unknown.input_items or unknown.targets:
+        log.warning("%d history items and %d targets are not in the vocabulary: dropped from inputs, "
+                    "targets count as misses", unknown.input_items, unknown.targets)
+    log.info("wrote %s -> %s", ", ".join(f"{s}: {info.examples} examples" for s, info in manifest.splits.items()),
+             paths.records)
 
 
 def main(argv: list[str] | None = None) -> int:
     paths, params = stage_main("tfrecord", __doc__.splitlines()[0], argv)
-    with tracking.stage_run("tfrecord", paths, params.model_dump(mode="json", include={"raw", "tfrecord"})):
-        manifest = run(paths, params.tfrecord, params.raw.task)
-        tracking.log_metrics(
-            {
-                "examples": {split: info["examples"] for split, info in manifest["splits"].items()},
-                "vocab_size": manifest["vocab_size"],
-                "unknown_items": manifest["unknown_items"],
-            }
-        )
-        tracking.log_artifact(paths.records / "manifest.json")
+    with tracking.stage_run("tfrecord", paths, params, sections=("raw", "tfrecord")):
+        manifest = run(paths, params)
+        tracking.log_metrics({
+            "examples": {split: info.examples for split, info in manifest.splits.items()},
+            "vocab_size": manifest.vocab_size,
+            "unknown_items": manifest.unknown_items.model_dump(),
+        })
+        tracking.log_artifact(manifest.path)
     return 0

@@ -3,148 +3,80 @@
 Resumes from the newest checkpoint in models/<model_name>/checkpoints; a model already at
 num_train_steps (or stopped early) is only evaluated. Writes weights.npz (best validation
 NDCG@10), model.json, config.yaml, items.parquet, valid_metrics.json, tensorboard/ and
-saved_model/ beside it.
+saved_model/ beside it, and the training curves to results/<model_name>/train_val_curves.csv.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from pathlib import Path
 
-import tensorflow as tf
-
-from bert4rec import dataset, export, modelstore, scoring, tracking, training, vocabulary
-from bert4rec.config import Params
+from bert4rec.data import vocabulary
+from bert4rec.data.manifest import Manifest
 from bert4rec.errors import UserError
-from bert4rec.fileio import write_json
+from bert4rec.fileio import write_curves, write_json
+from bert4rec.model import export, recommend, runtime, store
+from bert4rec.model.trainer import Trainer, is_chief
+from bert4rec.params import Params
 from bert4rec.paths import ProjectPaths
-from bert4rec.progress import progress
-from bert4rec.project import stage_main
+from bert4rec.stages.common import stage_main
+from bert4rec.workflow import tracking
 
 log = logging.getLogger("bert4rec.train_val")
 
 
-def run(paths: ProjectPaths, params: Params) -> dict:
-    tv = params.train_val
-    manifest = dataset.load_manifest(paths.records)
-    if "train" not in manifest["splits"] or "valid" not in manifest["splits"]:
-        raise UserError(f"{paths.records / 'manifest.json'}: task {manifest['task']} has no train/valid splits; "
-                        "set raw.task to train_val_test or train_val and rerun raw and tfrecord")
-    name = modelstore.model_name(params)
+def check_inputs(paths: ProjectPaths, params: Params, manifest: Manifest, folder: Path) -> None:
+    manifest.require_splits("train", "valid", hint="; set raw.task to train_val_test or train_val and rerun raw "
+                                                   "and tfrecord")
+    model = params.train_val.model
+    if model.max_position_embeddings < manifest.max_seq_length:
+        raise UserError(f"train_val.model.max_position_embeddings ({model.max_position_embeddings}) is below "
+                        f"tfrecord.max_seq_length ({manifest.max_seq_length})")
+    if (folder / store.INFO).exists():
+        store.check_compatible(folder, store.read_info(folder), manifest, model)
+
+
+def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
+    tv, name = params.train_val, params.model_name()
+    manifest = Manifest.read(paths.records)
     folder = paths.model_dir(name)
-    if tv.model.max_position_embeddings < manifest["max_seq_length"]:
-        raise UserError(f"train_val.model.max_position_embeddings ({tv.model.max_position_embeddings}) is below "
-                        f"tfrecord.max_seq_length ({manifest['max_seq_length']})")
-    if (folder / "model.json").exists():
-        modelstore.check_compatible(folder, modelstore.read_model_info(folder), manifest, tv.model)
-    info = {"model_name": name, "num_tokens": manifest["num_tokens"], "max_seq_length": manifest["max_seq_length"],
-            "model": tv.model.model_dump(mode="json"), "vocabulary_sha256": manifest["vocabulary"]["sha256"]}
-
-    training.setup_runtime(tv)
+    check_inputs(paths, params, manifest, folder)
+    runtime.setup(tv.seed, tv.deterministic_ops, tv.mixed_precision)
     counts = vocabulary.item_counts(paths.item_vocab)
-    trainer = training.Trainer(tv, manifest, paths.records, counts)
-    state = trainer.state
-    saved = modelstore.checkpoints(folder / "checkpoints")
-    if saved:
-        trainer.restore(saved[-1][1])
-        state = trainer.state
-        log.info("resumed %s from step %d (%s)", name, state.step, saved[-1][1].name)
-    best = folder / "checkpoints" / "best.npz"
-    if not training.is_chief(trainer.strategy):  # other workers write to a scratch copy
-        folder = Path(tempfile.mkdtemp(prefix="bert4rec-worker-")) / name
-    modelstore.write_model_files(folder, params, info, paths.item_vocab)
-    best_weights = modelstore.arrays_to_weights(modelstore.load_arrays(best, "best weights"), "model/") if best.exists() else None
-    popularity = scoring.popularity_scores(counts, manifest["num_tokens"])
-    score = scoring.score_function(trainer.model)
-    writer = tf.summary.create_file_writer(str(folder / "tensorboard"))
+    curves: dict[int, dict] = {}
 
-    def validate() -> dict:
-        nonlocal best_weights
-        metrics, _, _ = scoring.evaluate(trainer.model, paths.records, manifest, "valid", tv.eval_batch_size,
-                                         popularity, score=score)
-        improved = metrics["ndcg_at_10"] > state.best_metric
-        if improved:
-            state.best_metric, state.best_step, state.evals_without_improvement = metrics["ndcg_at_10"], state.step, 0
-            best_weights = trainer.model.get_weights()
-            modelstore.save_arrays(folder / "checkpoints" / "best.npz", modelstore.weights_to_arrays(best_weights, "model/"))
-        else:
-            state.evals_without_improvement += 1
-        patience = tv.early_stopping_patience
-        state.stopped_early = bool(patience) and state.evals_without_improvement >= patience
-        log.info("step %d: valid ndcg_at_10 %.4f hit_at_10 %.4f (best %.4f at step %d)", state.step,
-                 metrics["ndcg_at_10"], metrics["hit_at_10"], state.best_metric, state.best_step)
-        tracking.log_metrics({f"valid_{k}": v for k, v in metrics.items()}, step=state.step)
-        with writer.as_default(step=state.step):
-            for key, value in metrics.items():
-                tf.summary.scalar(f"valid/{key}", value)
-        return metrics
+    def report(step: int, metrics: dict) -> None:
+        curves.setdefault(step, {}).update(metrics)
+        tracking.log_metrics(metrics, step=step)
 
-    with tracking.stage_run("train_val", paths, {"train_val": tv.model_dump(mode="json"), "model_name": name},
-                            tags={"model_name": name}):
-        started = time.monotonic()
-        throughput = training.Throughput()
-        trained_to = validated_at = state.step
-        out_of_time = False
-        bar = progress(total=tv.num_train_steps, initial=state.step, desc="train_val", unit=" steps")
-        while state.step < tv.num_train_steps and not state.stopped_early and not out_of_time:
-            throughput.start()
-            for batch in trainer.epoch_batches(state.epoch, skip=state.batch_in_epoch):
-                loss = trainer.train_step(batch, time.monotonic() - started)
-                state.step += 1
-                state.batch_in_epoch += 1
-                bar.update()
-                if state.step % tv.log_every_steps == 0:
-                    loss, rate = float(loss), float(trainer.optimizer.learning_rate)
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{rate:.1e}", best=f"{state.best_metric:.4f}")
-                    log.info("step %d: loss %.4f, learning rate %.2e, epoch %d, %.0f s", state.step, loss, rate,
-                             state.epoch, time.monotonic() - started)
-                    tracking.log_metrics({"train_loss": loss, "learning_rate": rate}, step=state.step)
-                    with writer.as_default(step=state.step):
-                        tf.summary.scalar("train/loss", loss)
-                        tf.summary.scalar("train/learning_rate", rate)
-                limit = tv.training_time_limit_seconds
-                out_of_time = bool(limit) and time.monotonic() - started > limit
-                last = state.step >= tv.num_train_steps or out_of_time
-                if state.step % tv.eval_every_steps == 0 or last:
-                    throughput.stop((state.step - trained_to) * tv.batch_size * trainer.replicas)
-                    trained_to = validated_at = state.step
-                    validate()
-                    throughput.start()
-                if state.step % tv.save_checkpoints_steps == 0 or last or state.stopped_early:
-                    trainer.save(folder / "checkpoints", tv.keep_checkpoints)
-                if last or state.stopped_early:
-                    break
-            else:
-                if state.batch_in_epoch == 0:
-                    raise UserError(f"{paths.records / 'manifest.json'}: the train split has fewer examples than "
-                                    f"train_val.batch_size ({tv.batch_size}); lower the batch size")
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            throughput.stop((state.step - trained_to) * tv.batch_size * trainer.replicas)
-            trained_to = state.step
-        bar.close()
-        if out_of_time:
-            log.info("training_time_limit_seconds (%s) reached at step %d", tv.training_time_limit_seconds, state.step)
-        if validated_at != state.step:
-            validate()
-            trainer.save(folder / "checkpoints", tv.keep_checkpoints)
-        if best_weights is not None:
-            trainer.model.set_weights(best_weights)
-        metrics, _, _ = scoring.evaluate(trainer.model, paths.records, manifest, "valid", tv.eval_batch_size,
-                                         popularity, score=score)
-        modelstore.save_arrays(folder / "weights.npz", modelstore.weights_to_arrays(trainer.model.get_weights(), "model/"))
-        item_ids = vocabulary.load_vocabulary(paths.item_vocab).to_numpy(zero_copy_only=False)
-        export.export(trainer.model, item_ids, manifest["max_seq_length"], folder / "saved_model")
-        info.update(trained_steps=state.step, replicas=trainer.replicas, best_step=state.best_step, stopped_early=state.stopped_early,
-                    valid=metrics, training_sequences_per_second=round(throughput.per_second, 2),
-                    training_seconds=round(throughput.seconds, 2))
-        modelstore.write_model_files(folder, params, info, paths.item_vocab)
+    trainer = Trainer(tv, manifest, counts, folder, on_metrics=report)
+    if trainer.resume():
+        log.info("resumed %s from step %d", name, trainer.state.step)
+    if not is_chief(trainer.strategy):  # other workers write to a scratch copy
+        folder = trainer.folder = Path(tempfile.mkdtemp(prefix="bert4rec-worker-")) / name
+    info = store.ModelInfo(model_name=name, num_tokens=manifest.num_tokens, max_seq_length=manifest.max_seq_length,
+                           model=tv.model, vocabulary_sha256=manifest.vocabulary.sha256)
+    store.write_model_files(folder, params, info, paths.item_vocab)
+    validate = recommend.Validation(manifest, tv.eval_batch_size)
+
+    with tracking.stage_run("train_val", paths, params, sections=("train_val",), model_name=name):
+        state = trainer.fit(validate)
+        metrics = validate(trainer.model)
+        store.save_arrays(folder / store.WEIGHTS, store.weights_to_arrays(trainer.model.get_weights(), "model/"))
+        export.export(trainer.model, store.item_ids(folder).to_numpy(zero_copy_only=False), manifest.max_seq_length, folder / "saved_model")
+        info = info.model_copy(update=dict(
+            trained_steps=state.step, replicas=trainer.replicas, best_step=state.best_step,
+            stopped_early=state.stopped_early, valid=metrics,
+            training_sequences_per_second=round(trainer.throughput.per_second, 2),
+            training_seconds=round(trainer.throughput.seconds, 2)))
+        store.write_model_files(folder, params, info, paths.item_vocab)
         write_json(folder / "valid_metrics.json", {"model_name": name, "step": state.best_step, **metrics})
+        write_curves(paths.results_dir(name) / "train_val_curves.csv", curves)
         tracking.log_metrics({f"best_valid_{k}": v for k, v in metrics.items()})
-        tracking.log_artifact(folder / "valid_metrics.json")
-        tracking.log_artifact(folder / "config.yaml")
-        tracking.log_artifact(folder / "model.json")
+        for artifact in ("valid_metrics.json", "config.yaml", store.INFO):
+            tracking.log_artifact(folder / artifact)
+        tracking.log_model(folder)
     log.info("model %s: %d steps, valid ndcg_at_10 %.4f hit_at_10 %.4f -> %s", name, state.step,
              metrics["ndcg_at_10"], metrics["hit_at_10"], folder)
     return info

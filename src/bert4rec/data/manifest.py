@@ -1,0 +1,103 @@
+"""records/manifest.json: what the tfrecord stage wrote, read and validated once by later stages.
+
+It names every shard with its example count and sha256, the feature shapes, the vocabulary
+(file + sha256) and the tfrecord parameters the records were built with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr, field_serializer
+
+from bert4rec.errors import UserError
+from bert4rec.fileio import read_typed, write_typed
+from bert4rec.params import Task, TfrecordParams
+
+MANIFEST = "manifest.json"
+NO_EFFECT_ON_OUTPUT = {"pool_size"}  # parallelism only: the bytes are the same for any value
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Shard(Strict):
+    file: str
+    examples: int
+    sha256: str
+
+
+class Split(Strict):
+    examples: int
+    features: dict[str, int]  # feature -> fixed length (-1: variable)
+    shards: list[Shard]
+
+
+class VocabularyRef(Strict):
+    file: str
+    sha256: str
+
+
+class UnknownItems(Strict):
+    input_items: int = 0  # history items not in the vocabulary (dropped from inputs)
+    targets: int = 0  # held-out items not in the vocabulary (counted as misses)
+
+
+class Manifest(Strict):
+    task: Task
+    masking: str
+    params: TfrecordParams
+    params_hash: str
+    vocabulary: VocabularyRef
+    vocab_size: int
+    num_tokens: int
+    special_tokens: dict[str, int]
+    max_seq_length: int
+    max_predictions_per_seq: int
+    num_shards: int
+    splits: dict[str, Split]
+    unknown_items: UnknownItems
+    _folder: Path = PrivateAttr(default=Path("."))
+
+    @field_serializer("params")
+    def _params(self, params: TfrecordParams) -> dict:
+        return params.model_dump(mode="json", exclude=NO_EFFECT_ON_OUTPUT)
+
+    @property
+    def folder(self) -> Path:
+        """The records folder this manifest describes."""
+        return self._folder
+
+    @property
+    def path(self) -> Path:
+        return self._folder / MANIFEST
+
+    @classmethod
+    def read(cls, folder: Path) -> "Manifest":
+        manifest = read_typed(folder / MANIFEST, cls, "tfrecord manifest (run the tfrecord stage)",
+                              hint="; rerun the tfrecord stage")
+        manifest._folder = folder
+        return manifest
+
+    def write(self, folder: Path) -> None:
+        write_typed(folder / MANIFEST, self)
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise UserError(f"{self.path}: no '{name}' split (task {self.task}); available: {', '.join(self.splits)}")
+        return self.splits[name]
+
+    def require_splits(self, *names: str, hint: str = "") -> None:
+        missing = [name for name in names if name not in self.splits]
+        if missing:
+            raise UserError(f"{self.path}: task {self.task} has no {'/'.join(missing)} split{hint}")
+
+    def shard_files(self, split: str, worker: int = 0, workers: int = 1) -> list[Path]:
+        """This worker's shard files of a split (worker w reads shards w, w + workers, ...)."""
+        shards = self.split(split).shards
+        files = [self.folder / shard.file for i, shard in enumerate(shards) if i % workers == worker]
+        for path in files:
+            if not path.exists():
+                raise UserError(f"{path}: shard listed in the manifest is missing; rerun the tfrecord stage")
+        return files

@@ -1,0 +1,100 @@
+"""The transformer's building blocks, written for CPU speed (oneDNN-fusable matmuls)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+from bert4rec.params import ModelParams
+
+
+def initializer(params: ModelParams):
+    return keras.initializers.TruncatedNormal(stddev=params.initializer_range)
+
+
+class FusedDense(layers.Dense):
+    """Dense computed as one 2-D matmul + bias_add (+ GELU), a pattern oneDNN fuses into one
+    kernel; Keras' (batch, length, features) form runs unfused, ~1.6x slower on CPU."""
+
+    def call(self, inputs):
+        shape = tf.shape(inputs)
+        outputs = tf.nn.bias_add(tf.matmul(tf.reshape(inputs, [-1, shape[-1]]), self.kernel), self.bias)
+        if self.activation is keras.activations.gelu:
+            outputs = tf.nn.gelu(outputs, approximate=False)
+        elif self.activation is not keras.activations.linear:
+            outputs = self.activation(outputs)
+        return tf.reshape(outputs, tf.concat([shape[:-1], [self.units]], 0))
+
+
+class SelfAttention(layers.Layer):
+    """Multi-head self-attention with one fused QKV projection (faster than three on CPU)."""
+
+    def __init__(self, params: ModelParams, **kwargs):
+        super().__init__(**kwargs)
+        self.heads = params.num_attention_heads
+        self.head_size = params.hidden_size // params.num_attention_heads
+        self.qkv = FusedDense(3 * params.hidden_size, kernel_initializer=initializer(params), name="qkv")
+        self.out = FusedDense(params.hidden_size, kernel_initializer=initializer(params), name="out")
+        self.dropout = layers.Dropout(params.attention_probs_dropout_prob)
+
+    def build(self, input_shape):
+        self.qkv.build(input_shape)  # a last-only call reads its kernel without calling it
+        self.out.build((*input_shape[:-1], self.heads * self.head_size))
+        self.built = True
+
+    def call(self, x, bias, training=None, last_only=False):
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        width = self.heads * self.head_size
+        if last_only:  # only the last position is read out: one query instead of `length`
+            kernel, offset = ops.cast(self.qkv.kernel, x.dtype), ops.cast(self.qkv.bias, x.dtype)
+            q = ops.matmul(x[:, -1], kernel[:, :width]) + offset[:width]
+            q = ops.transpose(ops.reshape(q, (batch, 1, self.heads, self.head_size)), (0, 2, 1, 3))
+            kv = ops.matmul(ops.reshape(x, (-1, ops.shape(x)[2])), kernel[:, width:]) + offset[width:]
+            kv = ops.transpose(ops.reshape(kv, (batch, length, 2, self.heads, self.head_size)), (2, 0, 3, 1, 4))
+            k, v = kv[0], kv[1]
+        else:
+            qkv = ops.reshape(self.qkv(x), (batch, length, 3, self.heads, self.head_size))
+            qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, batch, heads, length, head_size)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+        # Scale and padding bias ride along in the matmul (q gets a column of ones, k the bias),
+        # so the (length x length) scores are written once instead of three times.
+        q = ops.concatenate([q * (1.0 / math.sqrt(self.head_size)), ops.ones_like(q[..., :1])], axis=-1)
+        key_bias = ops.broadcast_to(ops.cast(ops.transpose(bias, (0, 1, 3, 2)), k.dtype),
+                                    (batch, self.heads, length, 1))
+        k = ops.concatenate([k, key_bias], axis=-1)
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
+        probs = self.dropout(ops.softmax(scores, axis=-1), training=training)
+        context = ops.transpose(ops.matmul(probs, v), (0, 2, 1, 3))
+        return self.out(ops.reshape(context, (batch, ops.shape(q)[2], width)))
+
+
+class TransformerBlock(layers.Layer):
+    """Transformer block: attention and feed-forward, each with a residual and a layer norm.
+
+    post (BERT): norm(x + sublayer(x)). pre: x + sublayer(norm(x)), which keeps an identity path
+    through the stack and tolerates larger learning rates; the encoder then ends with one norm.
+    """
+
+    def __init__(self, params: ModelParams, **kwargs):
+        super().__init__(**kwargs)
+        self.pre_norm = params.layer_norm == "pre"
+        self.attention = SelfAttention(params, name="attention")
+        self.attention_norm = layers.LayerNormalization(epsilon=1e-6, name="attention_norm")
+        self.inner = FusedDense(params.intermediate_size, activation=params.hidden_act,
+                                kernel_initializer=initializer(params), name="inner")
+        self.outer = FusedDense(params.hidden_size, kernel_initializer=initializer(params), name="outer")
+        self.output_norm = layers.LayerNormalization(epsilon=1e-6, name="output_norm")
+        self.dropout = layers.Dropout(params.hidden_dropout_prob)
+
+    def call(self, x, bias, training=None, last_only=False):
+        if self.pre_norm:
+            attended = self.attention(self.attention_norm(x), bias, training=training, last_only=last_only)
+            x = (x[:, -1:] if last_only else x) + self.dropout(attended, training=training)
+            return x + self.dropout(self.outer(self.inner(self.output_norm(x))), training=training)
+        attended = self.attention(x, bias, training=training, last_only=last_only)
+        x = x[:, -1:] if last_only else x
+        x = self.attention_norm(x + self.dropout(attended, training=training))
+        return self.output_norm(x + self.dropout(self.outer(self.inner(x)), training=training))

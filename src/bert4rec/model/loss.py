@@ -1,0 +1,46 @@
+"""Training objectives: cross-entropy over the masked positions, full or sampled softmax."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from bert4rec.data.records import FIRST_ITEM, PAD
+from bert4rec.model.network import Bert4Rec
+
+
+def masked_item_loss(model: Bert4Rec, input_ids, positions, labels, loss: str = "full_softmax",
+                     negatives=None, log_q=None, training=True):
+    """Mean cross-entropy over the masked positions (label 0 = unused slot).
+
+    Only the used slots reach the head and the output layer (short sequences leave many of the
+    max_predictions_per_seq slots empty). full_softmax: against every item. sampled_softmax:
+    against the given `negatives` (shared by the batch) with logQ correction `log_q` (log of
+    each token's sampling probability).
+    """
+    hidden = model.encode(input_ids, training=training)
+    used = labels > PAD
+    gathered = tf.boolean_mask(tf.gather(hidden, positions, batch_dims=1), used)  # (used slots, hidden)
+    labels = tf.boolean_mask(labels, used)
+    transformed = model.transform(gathered)
+    if loss == "full_softmax":
+        logits = model.logits(transformed)
+        logits = tf.concat([tf.fill([tf.shape(logits)[0], FIRST_ITEM], -1e9), logits[:, FIRST_ITEM:]], -1)
+        per_slot = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    else:
+        positive = tf.reduce_sum(
+            tf.cast(transformed, tf.float32) * tf.cast(tf.gather(model.item_embedding.embeddings, labels), tf.float32), -1
+        ) + tf.gather(model.output_bias, labels) - tf.gather(log_q, labels)
+        negative = model.logits(transformed, negatives) - tf.gather(log_q, negatives)
+        negative = tf.where(tf.equal(labels[:, None], negatives[None, :]), -1e9, negative)  # a drawn positive
+        logits = tf.concat([positive[:, None], negative], -1)
+        per_slot = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.zeros_like(labels), logits=logits)
+    return tf.reduce_sum(per_slot) / tf.maximum(tf.cast(tf.size(labels), tf.float32), 1.0)
+
+
+def sampling_log_q(counts: np.ndarray, num_tokens: int, kind: str) -> np.ndarray:
+    """log P(token) of the negative sampler; special tokens get -inf-like mass (never drawn)."""
+    weights = np.zeros(num_tokens, dtype=np.float64)
+    weights[FIRST_ITEM:] = 1.0 if kind == "uniform" else np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    probability = weights / weights.sum()
+    return np.where(probability > 0, np.log(np.maximum(probability, 1e-30)), -1e9).astype(np.float32)

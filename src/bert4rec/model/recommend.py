@@ -1,0 +1,219 @@
+"""The one recommendation path: score the catalogue, drop special and seen items, take the exact
+top-k and the exact rank of a target. Evaluation, inference, the SavedModel (and through it the
+MLflow pyfunc) all go through `Recommender`.
+
+Scores stay float32 inside one compiled function and the catalogue is scored in chunks of
+`chunk_items` items, so memory is bounded by batch x chunk whatever the catalogue or the number
+of users. Per chunk: the seen items (and PAD/MASK) are set to -inf, candidates scoring at least
+as high as the target are counted (ties count against the target), and the chunk's top-k is
+merged into the running top-k (a stable merge: equal scores keep the lower token first, as one
+top-k over the whole catalogue would). A target's own score is computed by the same matmul
+kernel as the chunk scores, so the comparison is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from bert4rec.data.manifest import Manifest
+from bert4rec.data.records import FIRST_ITEM, MASK, PAD
+from bert4rec.errors import UserError
+from bert4rec.model import inputs, metrics
+from bert4rec.progress import progress
+
+CHUNK_ITEMS = 65536
+TOKENS = tf.TensorSpec([None, None], tf.int32)
+SIGNATURE = [TOKENS, TOKENS, tf.TensorSpec([None], tf.int32), TOKENS, tf.TensorSpec([], tf.int32)]
+NEG_INF = float("-inf")
+
+
+class ModelScorer:
+    """Scores of a trained network: the head at the [MASK] slot against the tied item table."""
+
+    def __init__(self, model):
+        self.model = model
+        self.num_tokens = model.num_tokens
+
+    def encode(self, input_ids):
+        """(transformed head output, user embedding = encoder output at the last position)."""
+        hidden = self.model.encode(input_ids, training=False, last_only=True)[:, -1]
+        return self.model.transform(hidden), tf.cast(hidden, tf.float32)
+
+    def chunk(self, state, start: int, size: int):
+        return self.model.logits(state, start=start, size=size)
+
+    def at(self, state, tokens):
+        """Each row's score for its own token: the diagonal of the same kind of matmul."""
+        return tf.linalg.diag_part(self.model.logits(state, tokens=tokens))
+
+
+class StaticScorer:
+    """The same scores for every user (the most-popular baseline)."""
+
+    def __init__(self, scores: np.ndarray):
+        self.scores = tf.constant(np.asarray(scores, dtype=np.float32))
+        self.num_tokens = len(scores)
+
+    def encode(self, input_ids):
+        rows = tf.shape(input_ids)[0]
+        return tf.zeros([rows, 0]), tf.zeros([rows, 0])
+
+    def chunk(self, state, start: int, size: int):
+        return tf.broadcast_to(self.scores[start:start + size][None, :], [tf.shape(state)[0], size])
+
+    def at(self, state, tokens):
+        return tf.gather(self.scores, tokens)
+
+
+def baseline_scores(popularity: np.ndarray) -> np.ndarray:
+    """float32 scores that order the items exactly as the float64 popularity does (-rank)."""
+    order = np.argsort(-np.asarray(popularity, dtype=np.float64), kind="stable")
+    scores = np.empty(len(order), dtype=np.float32)
+    scores[order] = -np.arange(len(order), dtype=np.float32)
+    return scores
+
+
+def _merge_top(best_scores, best_tokens, scores, tokens, k):
+    merged, position = tf.math.top_k(tf.concat([best_scores, scores], 1), k=k)
+    return merged, tf.gather(tf.concat([best_tokens, tokens], 1), position, batch_dims=1)
+
+
+def _at_or_below(scores, tokens, start: int, size: int):
+    """(scores of `tokens` that fall in this chunk, whether they do); others read as -inf."""
+    local = tokens - start
+    inside = (local >= 0) & (local < size)
+    values = tf.gather(scores, tf.clip_by_value(local, 0, size - 1), batch_dims=1)
+    return tf.where(inside, values, NEG_INF), inside
+
+
+class Recommender:
+    """One compiled pass per batch: top-k tokens and scores, target ranks, user embeddings."""
+
+    def __init__(self, scorer, chunk_items: int = CHUNK_ITEMS, with_rank: bool = True):
+        self.scorer = scorer
+        self.num_tokens = scorer.num_tokens
+        self.chunk_items = chunk_items
+        self.with_rank = with_rank
+        self.run = tf.function(self._run, input_signature=SIGNATURE)
+
+    def _run(self, input_ids, seen, targets, negatives, k):
+        """seen: PAD-padded token rows; targets: PAD where none; negatives: (batch, n), n may be 0."""
+        state, embedding = self.scorer.encode(input_ids)
+        batch = tf.shape(input_ids)[0]
+        seen = tf.concat([seen, tf.broadcast_to(tf.constant([[PAD, MASK]]), [batch, 2])], 1)
+        rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(seen))
+        target_scores = self.scorer.at(state, targets)[:, None]
+        best_scores, best_tokens = tf.fill([batch, k], NEG_INF), tf.zeros([batch, k], tf.int32)
+        rank = sampled = tf.zeros([batch], tf.int32)
+        for start in range(0, self.num_tokens, self.chunk_items):
+            size = min(self.chunk_items, self.num_tokens - start)
+            scores = self.scorer.chunk(state, start, size)
+            local = seen - start
+            inside = (local >= 0) & (local < size)
+            where = tf.boolean_mask(tf.stack([rows, local], -1), inside)
+            masked = tf.tensor_scatter_nd_update(scores, where, tf.fill([tf.shape(where)[0]], NEG_INF))
+            if self.with_rank:
+                own, _ = _at_or_below(masked, targets[:, None], start, size)
+                rank += tf.reduce_sum(tf.cast(masked >= target_scores, tf.int32), 1)
+                rank -= tf.cast(own[:, 0] >= target_scores[:, 0], tf.int32)  # the target is no rival
+                drawn, drawn_here = _at_or_below(scores, negatives, start, size)
+                sampled += tf.reduce_sum(tf.cast(drawn_here & (drawn >= target_scores), tf.int32), 1)
+            values, tokens = tf.math.top_k(masked, k=tf.minimum(k, size))
+            best_scores, best_tokens = _merge_top(best_scores, best_tokens, values, tokens + start, k)
+        return {"tokens": best_tokens, "scores": best_scores, "rank": rank, "sampled_rank": sampled,
+                "embedding": embedding}
+
+    def __call__(self, input_ids, seen, targets=None, negatives=None, k: int = 10) -> dict[str, np.ndarray]:
+        batch = len(input_ids)
+        targets = np.zeros(batch, np.int32) if targets is None else targets
+        negatives = np.zeros((batch, 0), np.int32) if negatives is None else negatives
+        out = self.run(input_ids, seen, targets, negatives, tf.constant(min(k, self.num_tokens - FIRST_ITEM)))
+        return {name: value.numpy() for name, value in out.items()}
+
+
+def _progress_batches(manifest: Manifest, split: str, batch_size: int, desc: str):
+    total = inputs.eval_batch_count(manifest.split(split).examples, batch_size)
+    bar = progress(desc=desc, unit=" batches", total=total)
+    for chunk in inputs.eval_chunks(manifest, split):
+        yield chunk, inputs.chunk_batches(chunk, batch_size, manifest.max_seq_length), bar
+    bar.close()
+
+
+def history_popularity(manifest: Manifest, split: str) -> np.ndarray:
+    """Most-popular scores from the split's own input histories (no held-out item leaks in)."""
+    counts = np.zeros(manifest.num_tokens, dtype=np.float64)
+    for chunk in inputs.eval_chunks(manifest, split):
+        counts += np.bincount(chunk.history, minlength=len(counts))
+    return metrics.popularity_scores(counts[FIRST_ITEM:], manifest.num_tokens)
+
+
+@dataclass
+class Sampling:
+    """The paper's extra protocol: rank among `count` popularity-drawn negatives (0 = off)."""
+
+    count: int = 0
+    popularity: np.ndarray | None = None
+    seed: int = 0
+
+
+def evaluate(recommenders: dict[str, Recommender], manifest: Manifest, split: str, batch_size: int,
+             sampling: Sampling = Sampling()) -> dict[str, metrics.Evaluation]:
+    """Full-ranking evaluation of one or more recommenders on the same batches of a split."""
+    if manifest.split(split).examples == 0:
+        raise UserError(f"{manifest.path}: the '{split}' split is empty; nothing to evaluate")
+    results = {name: metrics.Evaluation(manifest.num_tokens) for name in recommenders}
+    rng = np.random.default_rng(sampling.seed)
+    for _, batches, bar in _progress_batches(manifest, split, batch_size, f"{split}: scoring"):
+        for batch in batches:
+            negatives = None
+            if sampling.count:
+                negatives = metrics.sample_negatives(sampling.popularity, batch.target, batch.history,
+                                                     sampling.count, rng)
+            for name, recommender in recommenders.items():
+                out = recommender(batch.input_ids, batch.history, batch.target, negatives, 10)
+                results[name].add(batch.user_index, batch.target, out["rank"], out["tokens"], out["scores"],
+                                  out["sampled_rank"] if sampling.count else None)
+            bar.update()
+    return results
+
+
+@dataclass
+class Predictions:
+    """Top-k and embeddings of one chunk of users, in user order."""
+
+    user_index: np.ndarray
+    tokens: np.ndarray  # (users, k); entries past the candidates have score -inf
+    scores: np.ndarray
+    embeddings: np.ndarray
+
+
+def predict(recommender: Recommender, manifest: Manifest, split: str, batch_size: int, k: int):
+    """Per chunk of users (in user order): top-k tokens and scores, and user embeddings."""
+    for chunk, batches, bar in _progress_batches(manifest, split, batch_size, f"{split}: top-{k}"):
+        parts = []
+        for batch in batches:
+            parts.append((batch.rows, recommender(batch.input_ids, batch.history, k=k)))
+            bar.update()
+        rows = np.concatenate([r for r, _ in parts])
+        order = np.empty_like(rows)
+        order[rows] = np.arange(len(rows))
+        gathered = {name: np.concatenate([out[name] for _, out in parts])[order]
+                    for name in ("tokens", "scores", "embedding")}
+        yield Predictions(chunk.user_index, gathered["tokens"], gathered["scores"], gathered["embedding"])
+
+
+class Validation:
+    """The validation split's full-ranking metrics for the model being trained (traced once)."""
+
+    def __init__(self, manifest: Manifest, batch_size: int):
+        self.manifest, self.batch_size = manifest, batch_size
+        self.recommender: Recommender | None = None
+
+    def __call__(self, model) -> dict[str, float]:
+        if self.recommender is None:
+            self.recommender = Recommender(ModelScorer(model))
+        result = evaluate({"model": self.recommender}, self.manifest, "valid", self.batch_size)
+        return result["model"].result()

@@ -1,0 +1,318 @@
+"""Training: the strategy, the optimizer, the compiled step and `Trainer.fit()`, the loop itself.
+
+The loop validates every eval_every_steps, keeps the best weights, stops early after
+early_stopping_patience evaluations without a better NDCG@10 or when the time budget runs out,
+and checkpoints every save_checkpoints_steps. Checkpoints are plain .npz files (model weights,
+optimizer slots, loop state) written atomically, so a corrupt or missing one is reported by
+name and never half-written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bert4rec.data.manifest import Manifest
+from bert4rec.errors import UserError
+from bert4rec.model import inputs, store
+from bert4rec.model.loss import masked_item_loss, sampling_log_q
+from bert4rec.model.network import build_model
+from bert4rec.params import TrainValParams
+from bert4rec.progress import progress
+
+log = logging.getLogger("bert4rec.train_val")
+
+
+def make_strategy(kind: str) -> tf.distribute.Strategy:
+    """default: one device; mirrored: all local GPUs (or logical CPUs); multi_worker: TF_CONFIG."""
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        ops = None if gpus else tf.distribute.ReductionToOneDevice()
+        return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=ops)
+    if "TF_CONFIG" not in os.environ:
+        log.warning("multi_worker_mirrored without TF_CONFIG: running as a single worker")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the model (multi-worker: the chief, else worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster:
+        return True
+    if "chief" in cluster:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def learning_rate(params: TrainValParams, step: int, elapsed: float | None = None) -> float:
+    """Linear warm-up to the peak rate, then linear decay to zero at num_train_steps.
+
+    With training_time_limit_seconds the decay follows whichever runs out first, steps or
+    time (elapsed seconds of this run), so a time-capped run still ends at a small rate.
+    """
+    warm = step / params.num_warmup_steps if params.num_warmup_steps else 1.0
+    done = (step - params.num_warmup_steps) / max(params.num_train_steps - params.num_warmup_steps, 1)
+    if params.training_time_limit_seconds and elapsed is not None:
+        done = max(done, elapsed / params.training_time_limit_seconds)
+    return params.learning_rate * min(max(min(warm, 1.0 - done), 0.0), 1.0)
+
+
+@dataclass
+class LoopState:
+    """Where training stands; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metric: float = -1.0
+    best_step: int = -1
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    history: list = field(default_factory=list)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        scalars = [self.step, self.epoch, self.batch_in_epoch, self.best_step, self.evals_without_improvement,
+                   int(self.stopped_early)]
+        return {"state/ints": np.asarray(scalars, dtype=np.int64), "state/best": np.asarray(self.best_metric)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> "LoopState":
+        ints = arrays["state/ints"].tolist()
+        return cls(step=ints[0], epoch=ints[1], batch_in_epoch=ints[2], best_metric=float(arrays["state/best"]),
+                   best_step=ints[3], evals_without_improvement=ints[4], stopped_early=bool(ints[5]))
+
+
+class Throughput:
+    """Training sequences per second, excluding evaluation and checkpoint time."""
+
+    def __init__(self):
+        self.sequences = 0
+        self.seconds = 0.0
+        self._start = None
+
+    def start(self):
+        self._start = time.perf_counter()
+
+    def stop(self, sequences: int):
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self.sequences += sequences
+            self._start = None
+
+    @property
+    def per_second(self) -> float:
+        return self.sequences / self.seconds if self.seconds else 0.0
+
+
+MetricsHook = Callable[[int, dict], None]
+
+
+class Trainer:
+    """Model + optimizer + compiled train step inside a tf.distribute strategy, and the loop."""
+
+    def __init__(self, params: TrainValParams, manifest: Manifest, item_counts: np.ndarray, folder: Path,
+                 on_metrics: MetricsHook = lambda step, metrics: None):
+        self.params, self.manifest, self.folder, self.on_metrics = params, manifest, folder, on_metrics
+        self.strategy = make_strategy(params.distribution)
+        self.replicas = self.strategy.num_replicas_in_sync
+        with self.strategy.scope():
+            self.model = build_model(manifest.num_tokens, params.model)
+            self.optimizer = self._make_optimizer()
+        self.log_q = tf.constant(sampling_log_q(item_counts, manifest.num_tokens, params.negative_sampling))
+        self.state = LoopState()
+        self.best_weights = None
+        self.throughput = Throughput()
+        self._step_fn = self._make_step()
+        self._writer = tf.summary.create_file_writer(str(folder / "tensorboard"))
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.folder / "checkpoints"
+
+    def _make_optimizer(self):
+        params = self.params
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=learning_rate(params, 0),
+            weight_decay=params.weight_decay, global_clipnorm=params.clip_norm, beta_2=0.98, epsilon=1e-6,
+        )
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "position_embedding"])
+        if params.mixed_precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(self.model.trainable_variables)
+        return optimizer
+
+    def _make_step(self):
+        params, model, optimizer, strategy = self.params, self.model, self.optimizer, self.strategy
+        log_q, replicas = self.log_q, self.replicas
+
+        def replica_step(inputs, positions, labels, step):
+            negatives = None
+            if params.loss == "sampled_softmax":
+                replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+                seed = tf.stack([tf.cast(params.seed, tf.int64), tf.cast(step, tf.int64) * 1024 + tf.cast(replica, tf.int64)])
+                negatives = tf.random.stateless_categorical(log_q[None, :], params.num_negatives, seed, dtype=tf.int32)[0]
+            with tf.GradientTape() as tape:
+                loss = masked_item_loss(model, inputs, positions, labels, params.loss, negatives, log_q)
+                scaled = loss / replicas
+                if params.mixed_precision == "mixed_float16":
+                    scaled = optimizer.scale_loss(scaled)
+            grads = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        @tf.function(reduce_retracing=True)
+        def train_step(batch, step):
+            losses = strategy.run(replica_step, args=(*batch, step))
+            return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
+
+        return train_step
+
+    def epoch_batches(self, epoch: int, skip: int = 0):
+        """This epoch's distributed batches, each worker reading its own shards."""
+        params = self.params
+
+        def make(context: tf.distribute.InputContext):
+            per_replica = context.get_per_replica_batch_size(params.batch_size * self.replicas)
+            return inputs.training_batches(
+                self.manifest, per_replica, epoch, params.seed, params.length_buckets,
+                worker=context.input_pipeline_id, workers=context.num_input_pipelines, skip=skip,
+            )
+
+        return self.strategy.distribute_datasets_from_function(make)
+
+    def train_step(self, batch, elapsed: float | None = None):
+        """One optimizer step at the scheduled rate; returns the (replica-mean) loss tensor."""
+        self.optimizer.learning_rate = learning_rate(self.params, self.state.step, elapsed)
+        return self._step_fn(batch, tf.constant(self.state.step, tf.int64))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self, validate: Callable[[keras.Model], dict]) -> LoopState:
+        """Train to num_train_steps (or the time budget, or early stopping); best weights restored."""
+        params, state = self.params, self.state
+        started = time.monotonic()
+        validated_at = state.step
+        bar = progress(total=params.num_train_steps, initial=state.step, desc="train_val", unit=" steps")
+        while not self._finished(started):
+            self.throughput.start()
+            trained_from = state.step
+            for batch in self.epoch_batches(state.epoch, skip=state.batch_in_epoch):
+                loss = self.train_step(batch, time.monotonic() - started)
+                state.step += 1
+                state.batch_in_epoch += 1
+                bar.update()
+                if state.step % params.log_every_steps == 0:
+                    self._log_training(loss, started, bar)
+                last = self._finished(started)
+                if state.step % params.eval_every_steps == 0 or last:
+                    self._count(trained_from)
+                    self._validate(validate)
+                    validated_at = trained_from = state.step
+                    self.throughput.start()
+                if state.step % params.save_checkpoints_steps == 0 or last or state.stopped_early:
+                    self.save()
+                if last or state.stopped_early:
+                    break
+            else:
+                self._next_epoch()
+            self._count(trained_from)
+        bar.close()
+        if self._out_of_time(started) and state.step < params.num_train_steps and not state.stopped_early:
+            log.info("training_time_limit_seconds (%s) reached at step %d", params.training_time_limit_seconds, state.step)
+        if validated_at != state.step:
+            self._validate(validate)
+            self.save()
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+        return state
+
+    def _out_of_time(self, started: float) -> bool:
+        limit = self.params.training_time_limit_seconds
+        return bool(limit) and time.monotonic() - started > limit
+
+    def _finished(self, started: float) -> bool:
+        return self.state.step >= self.params.num_train_steps or self.state.stopped_early or self._out_of_time(started)
+
+    def _next_epoch(self) -> None:
+        if self.state.batch_in_epoch == 0:
+            raise UserError(f"{self.manifest.path}: the train split has fewer examples than "
+                            f"train_val.batch_size ({self.params.batch_size}); lower the batch size")
+        self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+
+    def _count(self, trained_from: int) -> None:
+        self.throughput.stop((self.state.step - trained_from) * self.params.batch_size * self.replicas)
+
+    def _log_training(self, loss, started: float, bar) -> None:
+        state = self.state
+        loss, rate = float(loss), float(self.optimizer.learning_rate)
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{rate:.1e}", best=f"{state.best_metric:.4f}")
+        log.info("step %d: loss %.4f, learning rate %.2e, epoch %d, %.0f s", state.step, loss, rate, state.epoch,
+                 time.monotonic() - started)
+        self._report({"train_loss": loss, "learning_rate": rate}, "train")
+
+    def _validate(self, validate) -> dict:
+        state, patience = self.state, self.params.early_stopping_patience
+        metrics = validate(self.model)
+        if metrics["ndcg_at_10"] > state.best_metric:
+            state.best_metric, state.best_step, state.evals_without_improvement = metrics["ndcg_at_10"], state.step, 0
+            self.best_weights = self.model.get_weights()
+            store.save_arrays(self.checkpoint_dir / "best.npz", store.weights_to_arrays(self.best_weights, "model/"))
+        else:
+            state.evals_without_improvement += 1
+        state.stopped_early = bool(patience) and state.evals_without_improvement >= patience
+        log.info("step %d: valid ndcg_at_10 %.4f hit_at_10 %.4f (best %.4f at step %d)", state.step,
+                 metrics["ndcg_at_10"], metrics["hit_at_10"], state.best_metric, state.best_step)
+        self._report({f"valid_{k}": v for k, v in metrics.items()}, "valid")
+        return metrics
+
+    def _report(self, metrics: dict, group: str) -> None:
+        self.on_metrics(self.state.step, metrics)
+        with self._writer.as_default(step=self.state.step):
+            for key, value in metrics.items():
+                tf.summary.scalar(f"{group}/{key.removeprefix(group + '_')}", value)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save(self) -> Path:
+        arrays = {**store.weights_to_arrays(self.model.get_weights(), "model/"),
+                  **store.weights_to_arrays([v.numpy() for v in self.optimizer.variables], "optimizer/"),
+                  **self.state.to_arrays()}
+        path = self.checkpoint_dir / f"ckpt-{self.state.step}.npz"
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        store.save_arrays(path, arrays)
+        store.prune_checkpoints(self.checkpoint_dir, self.params.keep_checkpoints)
+        return path
+
+    def resume(self) -> bool:
+        """Continue from the newest checkpoint (and its best weights), if there is one."""
+        saved = store.checkpoints(self.checkpoint_dir)
+        if not saved:
+            return False
+        self.restore(saved[-1][1])
+        best = self.checkpoint_dir / "best.npz"
+        if best.exists():
+            self.best_weights = store.arrays_to_weights(store.load_arrays(best, "best weights"), "model/")
+        return True
+
+    def restore(self, path: Path) -> None:
+        arrays = store.load_arrays(path, "checkpoint")
+        if "state/ints" not in arrays:
+            raise UserError(f"{path}: checkpoint is corrupt (no training state)")
+        store.set_model_weights(self.model, store.arrays_to_weights(arrays, "model/"), path)
+        slots = store.arrays_to_weights(arrays, "optimizer/")
+        variables = self.optimizer.variables
+        if [s.shape for s in slots] != [tuple(v.shape) for v in variables]:
+            raise UserError(f"{path}: optimizer state does not fit (train_val.loss or mixed_precision changed?)")
+        for variable, value in zip(variables, slots):
+            variable.assign(value)
+        self.state = LoopState.from_arrays(arrays)

@@ -1,0 +1,91 @@
+"""`make <stage>`: git commit + push, an MLflow parent run, `dvc repro <stage>`, commit dvc.lock, dvc push.
+
+The order fixes the predecessor's defect: the new dvc.lock is committed after the stage ran,
+so the commit recorded on the MLflow runs (tag git_commit_outputs) holds the outputs' hashes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bert4rec.errors import UserError
+from bert4rec.workflow import dvcyaml, projects, tracking, vcs
+
+STAGES = ("raw", "tfrecord", "train_val", "test", "inference")
+
+
+def say(message: str) -> None:
+    print(f"[bert4rec] {message}", flush=True)
+
+
+def run_stage(root: Path, stage: str, force: bool = False) -> int:
+    if stage not in STAGES:
+        raise UserError(f"unknown stage '{stage}'; stages: {', '.join(STAGES)}")
+    vcs.require_repo(root)
+    name, params = projects.load_active(root)  # unknown project / invalid params fail here
+    tracking.load_env(root)
+    if tracking.enabled():
+        tracking.check_server(tracking.uri_for_root(root))
+    say(vcs.configure_remotes(root))
+    params = projects.render_pipeline(root, name, params)
+    rendered = dvcyaml.render(f"projects/{name}", params, dvcyaml.load_template(root), root)
+    if stage not in rendered["stages"]:
+        raise UserError(f"stage '{stage}' is not part of project {name}'s pipeline for raw.task={params.raw.task}")
+
+    before = vcs.commit(root, f"{name}: code/params/pipeline before `dvc repro {stage}`")
+    say(f"git: committed {before[:10]}" if before else "git: nothing to commit before the stage")
+    say(vcs.push(root))
+    commit, dirty = vcs.head_commit(root), vcs.is_dirty(root)
+    parent = tracking.start_parent(root, name, stage, {"git_commit": commit, "git_dirty": str(dirty).lower()})
+    env = dict(os.environ)
+    if parent:
+        env[tracking.PARENT_RUN] = parent
+        say(f"mlflow: parent run {parent} in experiment bert4rec-{name} ({tracking.uri_for_root(root)})")
+    code = vcs.repro(root, stage, force, env)
+    if code != 0:
+        tracking.finish_parent(root, parent, ok=False, tags={"dvc_repro_exit": code})
+        raise UserError(f"`dvc repro {stage}` failed (exit {code}); see the messages above. Nothing was committed")
+    after = vcs.commit(root, f"{name}: dvc.lock after `dvc repro {stage}`")
+    say(f"git: committed dvc.lock in {after[:10]}" if after else "git: dvc.lock unchanged (stages were up to date)")
+    say(vcs.push(root))
+    outputs_commit = vcs.head_commit(root)
+    children = tracking.finish_parent(
+        root, parent, ok=True, tags={"git_commit_outputs": outputs_commit, "git_dirty_after": str(vcs.is_dirty(root)).lower()}
+    )
+    if parent:
+        say(f"mlflow: {len(children)} stage run(s) recorded under {parent}")
+    say(vcs.dvc_push(root))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bert4rec run", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("-f", "--force", action="store_true", help="re-run the stage even if it is up to date")
+    args = parser.parse_args(argv)
+    return run_stage(Path.cwd(), args.stage, args.force)
+
+
+def main_ui(argv: list[str] | None = None) -> int:
+    """Serve the MLflow UI for the local store on 127.0.0.1 (or say where the server is)."""
+    parser = argparse.ArgumentParser(prog="bert4rec ui", description="MLflow UI on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    root = Path.cwd()
+    uri = tracking.uri_for_root(root)
+    if uri.startswith(("http://", "https://")):
+        tracking.check_server(uri)
+        print(f"runs are on the tracking server: open {uri}")
+        return 0
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (store {uri}); Ctrl-C stops it")
+    command = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
+               "--default-artifact-root", (root / "mlartifacts").as_uri(),
+               "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0

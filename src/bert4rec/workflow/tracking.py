@@ -1,0 +1,359 @@
+"""The only module that talks to MLflow.
+
+Without configuration runs go to a local sqlite store (`mlflow.db` at the repository root);
+MLFLOW_TRACKING_URI (from the environment or `.env`) points them at a tracking server.
+BERT4REC_TRACKING=off turns tracking off (unit tests). Everything here is a no-op outside an
+open stage run, so library code can log unconditionally.
+
+Layout in MLflow: one experiment per project; `make <stage>` opens a parent run (see
+`pipeline_run`) and every stage DVC executes inside it is a child run (BERT4REC_PARENT_RUN_ID).
+Each run is tagged with the project, stage, model name, git commit and dirty flag, the DVC
+stage and the input's DVC hash (dataset lineage); the stage -> run id mapping is kept in
+projects/<name>/config/config_mlflow.yaml, as the predecessor's users expect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from bert4rec.errors import UserError
+from bert4rec.fileio import atomic_file
+from bert4rec.params import Params
+from bert4rec.paths import ProjectPaths
+from bert4rec.workflow import vcs
+
+SWITCH = "BERT4REC_TRACKING"
+PARENT_RUN = "BERT4REC_PARENT_RUN_ID"  # set by `bert4rec run` (the Makefile) around `dvc repro`
+RUNS_FILE = Path("config") / "config_mlflow.yaml"
+
+_run = None
+_warm_up: tuple[threading.Thread, dict] | None = None
+
+
+def enabled() -> bool:
+    return os.environ.get(SWITCH, "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+def repository_root(paths: ProjectPaths) -> Path:
+    """The repository holding the project (nearest folder up with dvc.yaml or .git).
+
+    A project outside any repository (`--project /tmp/x`) keeps its store in its own folder
+    rather than writing mlflow.db into whatever folder happens to be two levels up.
+    """
+    project = paths.root.resolve()
+    for folder in (project, *project.parents):
+        if (folder / "dvc.yaml").exists() or (folder / ".git").exists():
+            return folder
+    return project
+
+
+def load_env(root: Path) -> None:
+    """Settings from `<root>/.env` (never overriding the real environment)."""
+    from dotenv import load_dotenv
+
+    load_dotenv(root / ".env", override=False)
+
+
+def tracking_uri(paths: ProjectPaths) -> str:
+    return uri_for_root(repository_root(paths))
+
+
+def uri_for_root(root: Path) -> str:
+    load_env(root)
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.resolve() / 'mlflow.db'}"
+
+
+def experiment_name(paths: ProjectPaths) -> str:
+    return f"bert4rec-{paths.name}"
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server that does not answer is one clear error, not minutes of retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            if response.status >= 500:
+                raise UserError(f"MLflow tracking server {uri} answered HTTP {response.status}")
+    except urllib.error.HTTPError as error:
+        if error.code >= 500:
+            raise UserError(f"MLflow tracking server {uri} answered HTTP {error.code}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix "
+            "MLFLOW_TRACKING_URI in .env, or unset it to use the local mlflow.db"
+        ) from None
+
+
+def _client(root: Path):
+    import mlflow
+
+    uri = uri_for_root(root)
+    check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
+
+
+def warm_up(paths: ProjectPaths) -> None:
+    """Import MLflow and open its store in the background while the stage starts its work.
+
+    Both cost ~3.5 s per stage with the local sqlite store, as much as a data stage's own work
+    on ML-1M; stage_run waits for this and re-raises its error (e.g. an unreachable server).
+    """
+    global _warm_up
+    if _warm_up is not None:  # a previous stage in this process never opened its run
+        _warm_up[0].join()
+        _warm_up = None
+    if not enabled():
+        return
+    root, name, result = repository_root(paths), experiment_name(paths), {}
+
+    def connect():
+        try:
+            result[(root, name)] = _experiment_id(root, name)
+        except BaseException as error:  # handed to the main thread by _warm_experiment_id
+            result["error"] = error
+
+    # not a daemon: a stage that fails early still lets a first store migration finish
+    thread = threading.Thread(target=connect, name="mlflow-warm-up")
+    thread.start()
+    _warm_up = (thread, result)
+
+
+def _warm_experiment_id(root: Path, name: str) -> str:
+    global _warm_up
+    if _warm_up is not None:
+        thread, result = _warm_up
+        _warm_up = None
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        if (root, name) in result:
+            return result[(root, name)]
+    return _experiment_id(root, name)
+
+
+def _experiment_id(root: Path, name: str) -> str:
+    """One experiment per project, created once; local stores keep artifacts in mlartifacts/."""
+    client = _client(root)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    location = None
+    if not uri_for_root(root).startswith(("http://", "https://")):
+        location = (root.resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    if not vcs.is_git_repo(root):
+        return {"git_commit": "none", "git_dirty": "unknown"}
+    return {"git_commit": vcs.head_commit(root) or "none", "git_dirty": str(vcs.is_dirty(root)).lower(),
+            "mlflow.source.git.commit": vcs.head_commit(root) or "none"}
+
+
+def dataset_pointer(paths: ProjectPaths, raw_input: str) -> Path:
+    return paths.resolve_input(raw_input).with_name(Path(raw_input).name + ".dvc")
+
+
+def _record_run(paths: ProjectPaths, stage: str, run, experiment: str) -> None:
+    """Keep the stage -> run id mapping inside the project (config/config_mlflow.yaml)."""
+    path = paths.root / RUNS_FILE
+    try:
+        data = yaml.safe_load(path.read_text()) if path.exists() else {}
+    except yaml.YAMLError:
+        data = {}
+    data = data or {}
+    data["experiment_name"] = experiment
+    data["experiment_id"] = run.info.experiment_id
+    data["tracking_uri"] = uri_for_root(repository_root(paths))
+    data.setdefault("stages", {})[stage] = {
+        "run_id": run.info.run_id,
+        "parent_run_id": os.environ.get(PARENT_RUN) or None,
+        "git_commit": run.data.tags.get("git_commit"),
+    }
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, paths: ProjectPaths, params: Params, sections: tuple[str, ...],
+              model_name: str | None = None) -> Iterator[None]:
+    """One MLflow run for one stage execution: the stage's params sections flattened, tags,
+    FAILED on error. A no-op with tracking off."""
+    if not enabled():
+        yield
+        return
+    with _mlflow_run(stage, paths, params, sections, model_name):
+        yield
+
+
+@contextlib.contextmanager
+def _mlflow_run(stage: str, paths: ProjectPaths, params: Params, sections: tuple[str, ...],
+                model_name: str | None) -> Iterator[None]:
+    global _run
+    import mlflow
+
+    root = repository_root(paths)
+    experiment = experiment_name(paths)
+    experiment_id = _warm_experiment_id(root, experiment)
+    pointer = dataset_pointer(paths, params.raw.input)
+    dataset_hash = vcs.dvc_hash(pointer)
+    run_tags = {
+        "project": paths.name,
+        "stage": stage,
+        "dvc_stage": os.environ.get("DVC_STAGE", "none (run outside dvc repro)"),
+        "experiment_name": experiment,
+        "model_name": model_name or "none",
+        "dataset_dvc_md5": dataset_hash or "untracked",
+        **git_tags(root),
+    }
+    logged = params.model_dump(mode="json", include=set(sections))
+    if model_name:
+        logged["model_name"] = model_name
+    parent = os.environ.get(PARENT_RUN) or None
+    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent, tags=run_tags) as run:
+        _run = run
+        try:
+            mlflow.log_params({k: str(v)[:6000] for k, v in flatten(logged).items()})
+            if dataset_hash:
+                _log_dataset(paths, params.raw.input, dataset_hash, stage)
+            _record_run(paths, stage, mlflow.get_run(run.info.run_id), experiment)
+            yield
+        finally:
+            _run = None
+
+
+def _log_dataset(paths: ProjectPaths, raw_input: str, dataset_hash: str, stage: str) -> None:
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    source = LocalArtifactDatasetSource(str(paths.resolve_input(raw_input)))
+    mlflow.log_input(MetaDataset(source, name=Path(raw_input).name, digest=dataset_hash[:36]), context=stage)
+
+
+def log_metrics(metrics: dict, step: int | None = None) -> None:
+    if _run is None:
+        return
+    import mlflow
+
+    numeric = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    mlflow.log_metrics(numeric, step=step)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    if _run is None:
+        return
+    import mlflow
+
+    path = Path(path)
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path)
+
+
+def set_tags(tags: dict) -> None:
+    if _run is None:
+        return
+    import mlflow
+
+    mlflow.set_tags(tags)
+
+
+# ---------------------------------------------------------------- parent run (make <stage>)
+
+def start_parent(root: Path, project: str, target: str, tags: dict) -> str | None:
+    """Open the parent run of one `make <stage>` call; returns its id (None if tracking is off)."""
+    if not enabled():
+        return None
+    client = _client(root)
+    experiment = f"bert4rec-{project}"
+    run = client.create_run(
+        _experiment_id(root, experiment),
+        run_name=f"make {target}",
+        tags={"project": project, "stage": target, "experiment_name": experiment, "kind": "pipeline",
+              **git_tags(root), **{k: str(v) for k, v in tags.items()}},
+    )
+    return run.info.run_id
+
+
+def finish_parent(root: Path, run_id: str | None, ok: bool, tags: dict) -> list[str]:
+    """Close the parent run; the commit holding the new dvc.lock is tagged on it and its children."""
+    if run_id is None:
+        return []
+    client = _client(root)
+    runs = client.search_runs(
+        [client.get_run(run_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+    )
+    children = [r.info.run_id for r in runs]
+    for rid in [run_id, *children]:
+        for key, value in tags.items():
+            client.set_tag(rid, key, str(value))
+    client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+    return children
+
+
+# ---------------------------------------------------------------- the model, loadable from MLflow
+
+def _pyfunc_class():
+    """MLflow's adapter around bert4rec.model.pyfunc.HistoryRecommender, built on demand so
+    importing this module stays cheap; it is loaded in a serving process, which imports the
+    (TensorFlow) recommender only then."""
+    import mlflow.pyfunc
+
+    class Bert4RecPyfunc(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            from bert4rec.model.pyfunc import HistoryRecommender
+
+            self.recommender = HistoryRecommender(Path(context.artifacts["model_dir"]))
+
+        def predict(self, context, model_input, params=None):
+            return self.recommender.predict(model_input, (params or {}).get("k"))
+
+    return Bert4RecPyfunc
+
+
+def log_model(model_dir: str | Path, name: str = "model") -> str | None:
+    """Log models/<name>/ (without resumable checkpoints) as a pyfunc that loads back from MLflow."""
+    if _run is None:
+        return None
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no type hints on predict: the input is a DataFrame of histories
+        logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the cloudpickle notice; the class is ours
+        copy = Path(tmp) / "model_dir"
+        shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "ckpt-*", "tensorboard", "logs"))
+        info = mlflow.pyfunc.log_model(name=name, python_model=_pyfunc_class()(),
+                                       artifacts={"model_dir": str(copy)}, pip_requirements=[])
+    mlflow.set_tag("model_uri", info.model_uri)
+    return info.model_uri

@@ -1,0 +1,40 @@
+"""Helpers the tests share (a plain module: tests import it, fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bert4rec import cli
+from bert4rec.params import merge
+from bert4rec.tools.benchkit import SHARED_DATA, scratch_project
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_file(relative: str) -> Path:
+    """A licensed benchmark file from ../shared/data: skipped locally if absent, a failure in CI."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{path} is missing; CI must have ../shared beside the checkout")
+        pytest.skip(f"{path} not available")
+    return path
+
+
+def make_project(root: Path, data: Path, **sections) -> Path:
+    """A projects/<name>-style folder with the input linked into data/external and a params.yaml."""
+    return scratch_project(root, data, sections)
+
+
+def run_stage(stage: str, project: Path) -> int:
+    return cli.main([stage, "--project", str(project)])
+
+
+def set_params(project: Path, **sections) -> None:
+    """Merge values into a project's params.yaml, section by section."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    (project / "params.yaml").write_text(yaml.safe_dump(merge(params, sections)))

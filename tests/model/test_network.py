@@ -1,0 +1,86 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bert4rec.params import ModelParams
+from bert4rec.model.loss import masked_item_loss, sampling_log_q
+from bert4rec.model.network import build_model
+from bert4rec.data.records import FIRST_ITEM, MASK, PAD
+
+PARAMS = ModelParams(hidden_size=16, num_attention_heads=2, intermediate_size=32, max_position_embeddings=12,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+NUM_TOKENS = 2 + 30
+
+
+@pytest.fixture(scope="module", params=["post", "pre"])
+def model(request):
+    keras.utils.set_random_seed(0)
+    return build_model(NUM_TOKENS, PARAMS.model_copy(update={"layer_norm": request.param}))
+
+
+def test_last_only_encoding_equals_the_full_encoding_at_the_last_position(model):
+    ids, _, _ = batch()
+    full = model.encode(ids).numpy()[:, -1]
+    last = model.encode(ids, last_only=True).numpy()[:, -1]
+    np.testing.assert_allclose(full, last, rtol=1e-5, atol=1e-5)
+
+
+def batch(seed=0, width=12, predictions=3):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(FIRST_ITEM, NUM_TOKENS, size=(4, width)).astype(np.int32)
+    ids[0, :5] = PAD
+    positions = np.sort(rng.choice(np.arange(6, width), size=(4, predictions)), axis=1).astype(np.int32)
+    labels = ids[np.arange(4)[:, None], positions].copy()
+    labels[1, -1] = PAD  # an unused slot
+    ids[np.arange(4)[:, None], positions] = MASK
+    return tf.constant(ids), tf.constant(positions), tf.constant(labels)
+
+
+def test_scores_every_token_with_tied_embeddings(model):
+    ids, _, _ = batch()
+    scores = model(ids).numpy()
+    assert scores.shape == (4, NUM_TOKENS)
+    hidden = model.transform(model.encode(ids)[:, -1]).numpy()
+    table = model.item_embedding.embeddings.numpy()
+    expected = hidden @ table.T + model.output_bias.numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_left_padding_can_be_cut_without_changing_the_output(model):
+    """Positions count from the right, so dropping all-PAD columns (length buckets) is exact."""
+    ids, _, _ = batch()
+    short = ids.numpy().copy()
+    short[:, :4] = PAD
+    full = model(tf.constant(short)).numpy()
+    cut = model(tf.constant(short[:, 4:])).numpy()
+    np.testing.assert_allclose(full, cut, rtol=1e-5, atol=1e-5)
+
+
+def test_full_softmax_loss_is_mean_over_used_slots_only(model):
+    ids, positions, labels = batch()
+    loss = float(masked_item_loss(model, ids, positions, labels, training=False))
+    hidden = model.encode(ids).numpy()
+    gathered = np.take_along_axis(hidden, positions.numpy()[..., None], axis=1)
+    logits = model.logits(model.transform(gathered)).numpy()[..., FIRST_ITEM:]
+    logits -= logits.max(-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    used = labels.numpy() != PAD
+    picked = np.take_along_axis(log_probs, np.maximum(labels.numpy() - FIRST_ITEM, 0)[..., None], -1)[..., 0]
+    assert loss == pytest.approx(-picked[used].mean(), rel=1e-4)
+
+
+def test_sampled_softmax_with_every_item_and_uniform_q_equals_full_softmax(model):
+    ids, positions, labels = batch()
+    log_q = tf.constant(sampling_log_q(np.ones(NUM_TOKENS - FIRST_ITEM), NUM_TOKENS, "uniform"))
+    negatives = tf.range(FIRST_ITEM, NUM_TOKENS)
+    full = float(masked_item_loss(model, ids, positions, labels, training=False))
+    sampled = float(masked_item_loss(model, ids, positions, labels, "sampled_softmax", negatives, log_q, training=False))
+    assert sampled == pytest.approx(full, rel=1e-4)
+
+
+def test_popularity_sampler_gives_specials_no_mass():
+    log_q = sampling_log_q(np.array([3, 1]), 4, "popularity")
+    probability = np.exp(log_q)
+    assert probability[:FIRST_ITEM].max() < 1e-30
+    np.testing.assert_allclose(probability[FIRST_ITEM:], [0.75, 0.25], rtol=1e-6)

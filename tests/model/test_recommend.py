@@ -1,0 +1,105 @@
+"""The one recommendation path: exact ranks and top-k over chunks of the catalogue."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bert4rec.data.records import FIRST_ITEM, PAD
+from bert4rec.model import recommend
+
+
+class RowScorer:
+    """Test double: user i's scores are row input_ids[i, 0] of a fixed table."""
+
+    def __init__(self, table):
+        self.table = tf.constant(np.asarray(table, dtype=np.float32))
+        self.num_tokens = self.table.shape[1]
+
+    def encode(self, input_ids):
+        rows = tf.gather(self.table, input_ids[:, 0])
+        return rows, rows
+
+    def chunk(self, state, start, size):
+        return state[:, start:start + size]
+
+    def at(self, state, tokens):
+        return tf.gather(state, tokens, batch_dims=1)
+
+
+# 2 specials + 6 items (tokens 2..7)
+SCORES = np.array([
+    [9.0, 9.0, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1],  # target 4: rivals 2, 3 -> rank 2
+    [9.0, 9.0, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1],  # target 4, tokens 2 and 3 seen -> rank 0
+    [0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # target 2: worst of 6 -> rank 5
+    [0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # target PAD (unknown item) -> miss
+])
+TARGETS = np.array([4, 4, 2, PAD], np.int32)
+SEEN = np.array([[0, 0], [2, 3], [0, 0], [0, 0]], np.int32)
+ROWS = np.arange(4, dtype=np.int32)[:, None]
+
+
+def recommend_rows(table, rows, seen, targets, k=10, chunk_items=3, negatives=None):
+    recommender = recommend.Recommender(RowScorer(table), chunk_items=chunk_items)
+    return recommender(np.asarray(rows, np.int32), np.asarray(seen, np.int32), np.asarray(targets, np.int32),
+                       negatives, k)
+
+
+@pytest.mark.parametrize("chunk_items", [3, 8, 100])
+def test_ranks_remove_seen_items_and_special_tokens(chunk_items):
+    out = recommend_rows(SCORES, ROWS, SEEN, TARGETS, chunk_items=chunk_items)
+    assert out["rank"][:3].tolist() == [2, 0, 5]
+    assert out["tokens"][1, :3].tolist() == [4, 5, 6]  # seen 2 and 3 never recommended
+    np.testing.assert_allclose(out["scores"][1, :3], [0.4, 0.3, 0.2])
+
+
+def test_ties_count_against_the_target():
+    out = recommend_rows(np.zeros((1, 8)), [[0]], np.zeros((1, 0)), [5])
+    assert out["rank"].tolist() == [5]
+
+
+def test_a_seen_target_stays_a_candidate():
+    out = recommend_rows(SCORES[:1], [[0]], [[4, 2]], [4])
+    assert out["rank"].tolist() == [1]
+
+
+def test_fewer_candidates_than_k_leave_minus_inf_slots():
+    out = recommend_rows(SCORES[:1], [[0]], [[2, 3, 4, 5]], [PAD], k=4)
+    assert out["tokens"][0, :2].tolist() == [6, 7] and np.isneginf(out["scores"][0, 2:]).all()
+
+
+def test_sampled_rank_counts_only_the_given_negatives():
+    out = recommend_rows(SCORES, ROWS, SEEN, TARGETS, negatives=np.array([[2, 5], [5, 6], [3, 7], [2, 3]], np.int32))
+    assert out["sampled_rank"][:3].tolist() == [1, 0, 2]
+
+
+def brute_force(scores, seen, targets, k):
+    masked = scores.astype(np.float64).copy()
+    for row, items in enumerate(seen):
+        masked[row, items] = -np.inf
+    masked[:, :FIRST_ITEM] = -np.inf
+    target_scores = scores[np.arange(len(scores)), targets]
+    rivals = masked.copy()
+    rivals[np.arange(len(scores)), targets] = -np.inf
+    rank = (rivals >= target_scores[:, None]).sum(1)
+    order = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    return rank, order
+
+
+@pytest.mark.parametrize("chunk_items", [5, 16, 37, 1000])
+def test_chunked_scan_equals_one_pass_over_the_catalogue(chunk_items):
+    rng = np.random.default_rng(chunk_items)
+    scores = np.round(rng.normal(size=(40, 90)), 1).astype(np.float32)  # rounded: many ties
+    seen = rng.integers(0, 90, size=(40, 12)).astype(np.int32)
+    seen[:, -3:] = PAD
+    targets = rng.integers(FIRST_ITEM, 90, size=40).astype(np.int32)
+    out = recommend_rows(scores, np.arange(40)[:, None], seen, targets, k=7, chunk_items=chunk_items)
+    rank, top = brute_force(scores, seen, targets, 7)
+    assert out["rank"].tolist() == rank.tolist()
+    assert out["tokens"].tolist() == top.tolist()  # ties: the lower token first, as one top-k would
+
+
+def test_baseline_scores_keep_the_float64_order():
+    popularity = np.array([0.0, 0.0, 5.0, 5.0 - 1e-9, 7.0, 1e6, 1e6 - 2e-9])
+    scores = recommend.baseline_scores(popularity)
+    assert np.argsort(-scores, kind="stable").tolist() == np.argsort(-popularity, kind="stable").tolist()
+    assert len(set(scores.tolist())) == len(scores)

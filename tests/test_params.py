@@ -1,0 +1,54 @@
+import pytest
+
+from bert4rec.params import MIN_HISTORY_BY_TASK, dump_params, load_params, parse_params
+from bert4rec.errors import UserError
+
+
+def test_defaults_round_trip(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(dump_params(parse_params({})))
+    assert load_params(path) == parse_params({})
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"tfrecord": {"masked_lm_prob": 1.5}}, "tfrecord.masked_lm_prob"),
+        ({"tfrecord": {"masked_lm_prob": -0.1}}, "tfrecord.masked_lm_prob"),
+        ({"tfrecord": {"max_seq_length": 0}}, "tfrecord.max_seq_length"),
+        ({"tfrecord": {"max_seq_lenght": 10}}, "unknown key 'tfrecord.max_seq_lenght'"),
+        ({"trian_val": {}}, "unknown key 'trian_val'"),
+        ({"tfrecord": {"dupe_factor": "ten"}}, "tfrecord.dupe_factor"),
+        ({"tfrecord": {"prop_sliding_window": 0}}, "tfrecord.prop_sliding_window"),
+        ({"tfrecord": {"max_seq_length": 10, "max_predictions_per_seq": 20}}, "max_predictions_per_seq"),
+        ({"raw": {"task": "predict"}}, "raw.task"),
+        ({"raw": {"drop_consecutive_repeats": "maybe"}}, "raw.drop_consecutive_repeats"),
+    ],
+)
+def test_invalid_params_name_the_key(data, message):
+    with pytest.raises(UserError, match=message.replace(".", r"\.")):
+        parse_params(data, "params.yaml")
+
+
+def test_boolean_strings_are_not_truthy():
+    # the predecessor's type=bool made "False" mean True
+    assert parse_params({"raw": {"drop_consecutive_repeats": "false"}}).raw.drop_consecutive_repeats is False
+
+
+def test_min_length_follows_task():
+    for task, expected in MIN_HISTORY_BY_TASK.items():
+        assert parse_params({"raw": {"task": task}}).raw.min_length() == expected
+    assert parse_params({"raw": {"min_history_length": 5}}).raw.min_length() == 5
+
+
+def test_load_params_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("raw: [unclosed")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_params(bad)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="expected a mapping"):
+        load_params(listed)
