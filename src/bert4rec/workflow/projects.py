@@ -193,8 +193,6 @@ def create(root: Path, name: str, data: Path, settings: dict | None = None) -> P
     defaults = Params().model_dump(mode="json")
     base = {"raw": {"input": f"data/external/{data.name}"}}
     params = parse_params(merge(merge(defaults, base), settings or {}), "project parameters")
-    if params.train_val.model_name is None:
-        params.train_val.model_name = default_model_name(params)
     try:
         for sub in FOLDERS:
             (folder / sub).mkdir(parents=True, exist_ok=True)

@@ -112,6 +112,8 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 def _client(root: Path):
     import mlflow
 
+    for name in ("mlflow", "alembic"):  # store migrations and start-up notices are not for users
+        logging.getLogger(name).setLevel(logging.WARNING)
     uri = uri_for_root(root)
     check_server(uri)
     mlflow.set_tracking_uri(uri)
