@@ -85,17 +85,21 @@ def brute_force(scores, seen, targets, k):
     return rank, order
 
 
-@pytest.mark.parametrize("chunk_items", [5, 16, 37, 1000])
-def test_chunked_scan_equals_one_pass_over_the_catalogue(chunk_items):
-    rng = np.random.default_rng(chunk_items)
-    scores = np.round(rng.normal(size=(40, 90)), 1).astype(np.float32)  # rounded: many ties
-    seen = rng.integers(0, 90, size=(40, 12)).astype(np.int32)
+@pytest.mark.parametrize("chunk_items, items, seen_count", [(5, 90, 12), (16, 90, 12), (37, 90, 80), (1000, 90, 12),
+                                                        (300, 2000, 150), (1000, 5000, 30), (4000, 9000, 10),
+                                                        (65536, 20000, 12)])
+def test_chunked_scan_equals_one_pass_over_the_catalogue(chunk_items, items, seen_count):
+    rng = np.random.default_rng(chunk_items + items)
+    scores = np.round(rng.normal(size=(40, items)), 1).astype(np.float32)  # rounded: many ties
+    seen = rng.integers(0, items, size=(40, seen_count)).astype(np.int32)  # repeats included
     seen[:, -3:] = PAD
-    targets = rng.integers(FIRST_ITEM, 90, size=40).astype(np.int32)
+    targets = rng.integers(FIRST_ITEM, items, size=40).astype(np.int32)
     out = recommend_rows(scores, np.arange(40)[:, None], seen, targets, k=7, chunk_items=chunk_items)
-    rank, top = brute_force(scores, seen, targets, 7)
+    rank, top = brute_force(scores, seen, targets, 7)  # (4000, 9000, 10) and (65536, 20000, 12): grouped top-k
     assert out["rank"].tolist() == rank.tolist()
-    assert out["tokens"].tolist() == top.tolist()  # ties: the lower token first, as one top-k would
+    found = np.isfinite(out["scores"])
+    assert (out["tokens"][found] == top[found]).all()  # ties: the lower token first, as one top-k would
+    assert found.sum(1).tolist() == np.minimum(7, [items - len(set(r) | {0, 1}) for r in seen.tolist()]).tolist()
 
 
 def test_baseline_scores_keep_the_float64_order():

@@ -4,11 +4,13 @@ MLflow pyfunc) all go through `Recommender`.
 
 Scores stay float32 inside one compiled function and the catalogue is scored in chunks of
 `chunk_items` items, so memory is bounded by batch x chunk whatever the catalogue or the number
-of users. Per chunk: the seen items (and PAD/MASK) are set to -inf, candidates scoring at least
-as high as the target are counted (ties count against the target), and the chunk's top-k is
-merged into the running top-k (a stable merge: equal scores keep the lower token first, as one
-top-k over the whole catalogue would). A target's own score is computed by the same matmul
-kernel as the chunk scores, so the comparison is exact.
+of users. Per chunk: every item scoring at least as high as the target is counted, then the
+seen items (and PAD/MASK) among them and the target itself are taken off again (ties count
+against the target), and the chunk's exact top-k unseen items (_chunk_top) are merged into the
+running top-k (a stable merge: equal scores keep the lower token first, as one top-k over the
+whole catalogue would). Nothing writes into the (batch x chunk) scores: they are read once to
+count and once for group maxima. A target's own score comes from the same matmul kernel as the
+chunk scores, so the comparisons are exact.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from bert4rec.model import inputs, metrics
 from bert4rec.progress import progress
 
 CHUNK_ITEMS = 65536
+GROUP = 64  # items per group of a chunk (see _chunk_top and _count_at_least)
+NOT_A_TOKEN = np.iinfo(np.int32).max
 TOKENS = tf.TensorSpec([None, None], tf.int32)
 SIGNATURE = [TOKENS, TOKENS, tf.TensorSpec([None], tf.int32), TOKENS, tf.TensorSpec([], tf.int32)]
 NEG_INF = float("-inf")
@@ -81,12 +85,85 @@ def _merge_top(best_scores, best_tokens, scores, tokens, k):
     return merged, tf.gather(tf.concat([best_tokens, tokens], 1), position, batch_dims=1)
 
 
-def _at_or_below(scores, tokens, start: int, size: int):
+def _in_chunk(scores, tokens, start: int, size: int):
     """(scores of `tokens` that fall in this chunk, whether they do); others read as -inf."""
     local = tokens - start
     inside = (local >= 0) & (local < size)
     values = tf.gather(scores, tf.clip_by_value(local, 0, size - 1), batch_dims=1)
     return tf.where(inside, values, NEG_INF), inside
+
+
+def unique_sorted(seen):
+    """Each row's distinct tokens in ascending order, padded at the end with NOT_A_TOKEN."""
+    seen = tf.sort(seen, axis=1)
+    repeat = tf.concat([tf.zeros_like(seen[:, :1], tf.bool), seen[:, 1:] == seen[:, :-1]], 1)
+    return tf.sort(tf.where(repeat, NOT_A_TOKEN, seen), axis=1)
+
+
+def _is_member(tokens, sorted_rows):
+    """Whether each token of a row is in that row's sorted set."""
+    width = tf.shape(sorted_rows)[1]
+    where = tf.minimum(tf.searchsorted(sorted_rows, tokens), width - 1)
+    return tf.gather(sorted_rows, where, batch_dims=1) == tokens
+
+
+def _groups(scores):
+    """The chunk as (batch, groups, GROUP) contiguous groups of items (padded with -inf)."""
+    batch, size = tf.shape(scores)[0], scores.shape[1]
+    groups = -(-size // GROUP)
+    padded = tf.pad(scores, [[0, 0], [0, groups * GROUP - size]], constant_values=NEG_INF)
+    return tf.reshape(padded, [batch, groups, GROUP])
+
+
+def _count_at_least(layout, maxima, threshold):
+    """Per row, how many items score >= threshold: only groups whose maximum reaches it are
+    counted item by item (few for a good model); when most groups do, every item is compared."""
+    hits = tf.where(maxima >= threshold)  # (row, group) pairs
+    batch = tf.shape(layout)[0]
+
+    def sparse():
+        rows = tf.cast(hits[:, 0], tf.int32)
+        above = tf.gather_nd(layout, hits) >= tf.gather(threshold[:, 0], rows)[:, None]
+        return tf.math.unsorted_segment_sum(tf.reduce_sum(tf.cast(above, tf.int32), 1), rows, batch)
+
+    def dense():
+        return tf.reduce_sum(tf.cast(layout >= threshold[:, :, None], tf.int32), [1, 2])
+
+    return tf.cond(tf.shape(hits)[0] * 4 < tf.size(maxima), sparse, dense)
+
+
+def _masked_top(scores, start: int, seen, seen_here, k):
+    """Top-k of one chunk with the seen items set to -inf (a copy of the chunk's scores)."""
+    rows = tf.broadcast_to(tf.range(tf.shape(seen)[0])[:, None], tf.shape(seen))
+    where = tf.boolean_mask(tf.stack([rows, seen - start], -1), seen_here)
+    masked = tf.tensor_scatter_nd_update(scores, where, tf.fill([tf.shape(where)[0]], NEG_INF))
+    values, tokens = tf.math.top_k(masked, tf.minimum(k, tf.shape(masked)[1]))
+    return values, tokens + start
+
+
+def _grouped_top(layout, maxima, start: int, seen, need, k):
+    """Top-k of one chunk from the `need` = k + (seen items in the chunk) best groups only: the
+    k best unseen items lie within the k + s best items, which lie within the k + s groups with
+    the best maxima. Those groups are gathered, their best items ranked, the seen ones dropped."""
+    batch = tf.shape(layout)[0]
+    _, best_groups = tf.math.top_k(maxima, need)
+    best_groups = tf.sort(best_groups, axis=1)  # gathered in ascending token order: ties stay stable
+    values = tf.reshape(tf.gather(layout, best_groups, batch_dims=1), [batch, need * GROUP])
+    tokens = start + tf.reshape(best_groups[:, :, None] * GROUP + tf.range(GROUP), [batch, need * GROUP])
+    values, position = tf.math.top_k(values, need)
+    tokens = tf.gather(tokens, position, batch_dims=1)
+    values = tf.where(_is_member(tokens, seen), NEG_INF, values)
+    values, position = tf.math.top_k(values, k)
+    return values, tf.gather(tokens, position, batch_dims=1)
+
+
+def _chunk_top(scores, layout, maxima, start: int, seen, seen_here, k):
+    """Exact top-k unseen tokens of one chunk: from a few groups when few items are seen there
+    (a large catalogue), else by masking the chunk (a small catalogue, long histories)."""
+    need = k + tf.reduce_max(tf.reduce_sum(tf.cast(seen_here, tf.int32), 1))
+    few = need * 4 <= tf.shape(maxima)[1]
+    return tf.cond(few, lambda: _grouped_top(layout, maxima, start, seen, need, k),
+                   lambda: _masked_top(scores, start, seen, seen_here, k))
 
 
 class Recommender:
@@ -100,29 +177,29 @@ class Recommender:
         self.run = tf.function(self._run, input_signature=SIGNATURE)
 
     def _run(self, input_ids, seen, targets, negatives, k):
-        """seen: PAD-padded token rows; targets: PAD where none; negatives: (batch, n), n may be 0."""
+        """seen: token rows (any padding with PAD, repeats allowed); targets: PAD where none;
+        negatives: (batch, n), n may be 0."""
         state, embedding = self.scorer.encode(input_ids)
         batch = tf.shape(input_ids)[0]
-        seen = tf.concat([seen, tf.broadcast_to(tf.constant([[PAD, MASK]]), [batch, 2])], 1)
-        rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(seen))
+        seen = unique_sorted(tf.concat([seen, tf.broadcast_to(tf.constant([[PAD, MASK]]), [batch, 2])], 1))
         target_scores = self.scorer.at(state, targets)[:, None]
         best_scores, best_tokens = tf.fill([batch, k], NEG_INF), tf.zeros([batch, k], tf.int32)
         rank = sampled = tf.zeros([batch], tf.int32)
         for start in range(0, self.num_tokens, self.chunk_items):
             size = min(self.chunk_items, self.num_tokens - start)
             scores = self.scorer.chunk(state, start, size)
-            local = seen - start
-            inside = (local >= 0) & (local < size)
-            where = tf.boolean_mask(tf.stack([rows, local], -1), inside)
-            masked = tf.tensor_scatter_nd_update(scores, where, tf.fill([tf.shape(where)[0]], NEG_INF))
+            layout = _groups(scores)
+            maxima = tf.reduce_max(layout, 2)
+            seen_scores, seen_here = _in_chunk(scores, seen, start, size)
             if self.with_rank:
-                own, _ = _at_or_below(masked, targets[:, None], start, size)
-                rank += tf.reduce_sum(tf.cast(masked >= target_scores, tf.int32), 1)
-                rank -= tf.cast(own[:, 0] >= target_scores[:, 0], tf.int32)  # the target is no rival
-                drawn, drawn_here = _at_or_below(scores, negatives, start, size)
+                own, _ = _in_chunk(scores, targets[:, None], start, size)
+                rivals = seen_here & (seen != targets[:, None]) & (seen_scores >= target_scores)
+                rank += _count_at_least(layout, maxima, target_scores)
+                rank -= tf.reduce_sum(tf.cast(rivals, tf.int32), 1) + tf.cast(own[:, 0] >= target_scores[:, 0], tf.int32)
+                drawn, drawn_here = _in_chunk(scores, negatives, start, size)
                 sampled += tf.reduce_sum(tf.cast(drawn_here & (drawn >= target_scores), tf.int32), 1)
-            values, tokens = tf.math.top_k(masked, k=tf.minimum(k, size))
-            best_scores, best_tokens = _merge_top(best_scores, best_tokens, values, tokens + start, k)
+            values, tokens = _chunk_top(scores, layout, maxima, start, seen, seen_here, k)
+            best_scores, best_tokens = _merge_top(best_scores, best_tokens, values, tokens, k)
         return {"tokens": best_tokens, "scores": best_scores, "rank": rank, "sampled_rank": sampled,
                 "embedding": embedding}
 
