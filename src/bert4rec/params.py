@@ -119,6 +119,9 @@ class TrainValParams(Section):
     save_checkpoints_steps: int = Field(1000, gt=0)
     keep_checkpoints: int = Field(5, ge=1)
     eval_every_steps: int = Field(1000, gt=0)
+    # validation during training on a fixed, seeded sample of this many users (all users if the
+    # split has no more; None = all); the final validation always covers every user
+    validation_users: int | None = Field(10000, ge=1)
     early_stopping_patience: int = Field(5, ge=0)  # evaluations without improvement; 0 = off
     log_every_steps: int = Field(100, gt=0)  # training loss/learning rate to MLflow and TensorBoard
     length_buckets: int = Field(4, ge=1)  # batches of similar lengths, cut to the bucket width; 1 = off

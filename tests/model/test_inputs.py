@@ -182,3 +182,23 @@ def test_eval_chunks_merge_shards_in_user_order(tmp_path):
         for row, user in enumerate(chunk.user_index):
             assert chunk.input_ids[row, 0] == user
             assert chunk.history[chunk.offsets[row]:chunk.offsets[row + 1]].tolist() == list(range(2, 2 + user % 3))
+
+
+def test_validation_sample_is_seeded_and_in_user_order(synthetic_project):
+    from bert4rec import cli
+
+    assert cli.main(["raw", "--project", str(synthetic_project)]) == 0
+    assert cli.main(["tfrecord", "--project", str(synthetic_project)]) == 0
+    manifest = Manifest.read(synthetic_project / "data" / "processed" / "records")
+    first = dataset.sample_rows(manifest, "valid", 40, seed=1)
+    again = dataset.sample_rows(manifest, "valid", 40, seed=1)
+    other = dataset.sample_rows(manifest, "valid", 40, seed=2)
+    everyone = dataset.sample_rows(manifest, "valid", 10_000, seed=1)
+    assert len(first) == 40 and first.user_index.tolist() == again.user_index.tolist()
+    assert first.user_index.tolist() != other.user_index.tolist()
+    assert (np.diff(first.user_index) > 0).all()
+    assert len(everyone) == manifest.split("valid").examples
+    rows = {int(u): i for i, u in enumerate(everyone.user_index)}
+    for i, user in enumerate(first.user_index):  # the sampled rows are the users' own records
+        j = rows[int(user)]
+        assert (first.input_ids[i] == everyone.input_ids[j]).all() and first.target[i] == everyone.target[j]

@@ -125,3 +125,15 @@ def test_mixed_bfloat16_trains_exports_and_leaves_float32_behind(tmp_path):
     assert all(weights[key].dtype == np.float32 for key in weights.files)  # variables stay float32
     predictions = pd.read_parquet(project / "results" / "bf16" / "predictions.parquet")
     assert len(predictions) == USERS * 5 and np.isfinite(predictions["score"]).all()
+
+
+def test_validation_on_a_sample_during_training_and_on_everyone_at_the_end(tmp_path, capfd):
+    project = new_project(tmp_path, model_name="sampled-valid", validation_users=50, num_train_steps=20,
+                          eval_every_steps=10)
+    assert run("train_val", project) == 0
+    log = capfd.readouterr().err
+    assert f"on a seeded sample of 50 of {USERS} users" in log
+    valid = read_json(model_dir(project, "sampled-valid") / "valid_metrics.json", "valid metrics")
+    assert valid["users"] == USERS
+    curves = pd.read_csv(project / "results" / "sampled-valid" / "train_val_curves.csv")
+    assert set(curves["valid_users"].dropna()) == {50}

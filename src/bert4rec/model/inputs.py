@@ -243,6 +243,27 @@ def eval_chunks(manifest: Manifest, split: str, chunk_size: int = EVAL_CHUNK, wo
             ready = [pending.take(np.arange(size, len(pending)))] if size < len(pending) else []
 
 
+def _user_keys(users: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded pseudo-random 64-bit key per user (splitmix64): the same user, the same key."""
+    with np.errstate(over="ignore"):
+        z = users.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def sample_rows(manifest: Manifest, split: str, count: int, seed: int) -> EvalRows:
+    """The `count` users of a split with the smallest seeded keys (a fixed random sample), in user
+    order; one pass over the records, memory bounded by the sample."""
+    kept: EvalRows | None = None
+    for chunk in eval_chunks(manifest, split):
+        pool = chunk if kept is None else EvalRows.concat([kept, chunk])
+        if len(pool) > count:
+            pool = pool.take(np.sort(np.argpartition(_user_keys(pool.user_index, seed), count - 1)[:count]))
+        kept = pool
+    return kept.take(np.argsort(kept.user_index, kind="stable"))
+
+
 @dataclass
 class EvalBatch:
     rows: np.ndarray  # positions of these users in their chunk

@@ -86,6 +86,13 @@ class Evaluation:
             self.sampled.append(np.where(targets == PAD, MISS, np.asarray(sampled_rank, dtype=np.int64)))
         self.recommended[np.asarray(top_tokens)[np.isfinite(top_scores)]] = True
 
+    def merge(self, other: "Evaluation") -> "Evaluation":
+        """This evaluation extended by another one's users (e.g. another chunk or worker)."""
+        for name in ("users", "targets", "ranks", "sampled"):
+            getattr(self, name).extend(getattr(other, name))
+        self.recommended |= other.recommended
+        return self
+
     def per_user(self) -> dict[str, np.ndarray]:
         """user_index, target and 0-based rank (MISS for unknown targets), in user order."""
         users = np.concatenate(self.users) if self.users else np.zeros(0, dtype=np.int64)

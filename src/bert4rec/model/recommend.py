@@ -211,14 +211,6 @@ class Recommender:
         return {name: value.numpy() for name, value in out.items()}
 
 
-def _progress_batches(manifest: Manifest, split: str, batch_size: int, desc: str):
-    total = inputs.eval_batch_count(manifest.split(split).examples, batch_size)
-    bar = progress(desc=desc, unit=" batches", total=total)
-    for chunk in inputs.eval_chunks(manifest, split):
-        yield chunk, inputs.chunk_batches(chunk, batch_size, manifest.max_seq_length), bar
-    bar.close()
-
-
 def history_popularity(manifest: Manifest, split: str) -> np.ndarray:
     """Most-popular scores from the split's own input histories (no held-out item leaks in)."""
     counts = np.zeros(manifest.num_tokens, dtype=np.float64)
@@ -236,25 +228,33 @@ class Sampling:
     seed: int = 0
 
 
-def evaluate(recommenders: dict[str, Recommender], manifest: Manifest, split: str, batch_size: int,
-             sampling: Sampling = Sampling()) -> dict[str, metrics.Evaluation]:
-    """Full-ranking evaluation of one or more recommenders on the same batches of a split."""
-    if manifest.split(split).examples == 0:
-        raise UserError(f"{manifest.path}: the '{split}' split is empty; nothing to evaluate")
-    results = {name: metrics.Evaluation(manifest.num_tokens) for name in recommenders}
+def score_batches(recommenders: dict[str, Recommender], batches, num_tokens: int,
+                  sampling: Sampling = Sampling(), bar=None) -> dict[str, metrics.Evaluation]:
+    """Ranks and top-10 lists of one or more recommenders on the same batches."""
+    results = {name: metrics.Evaluation(num_tokens) for name in recommenders}
     rng = np.random.default_rng(sampling.seed)
-    for _, batches, bar in _progress_batches(manifest, split, batch_size, f"{split}: scoring"):
-        for batch in batches:
-            negatives = None
-            if sampling.count:
-                negatives = metrics.sample_negatives(sampling.popularity, batch.target, batch.history,
-                                                     sampling.count, rng)
-            for name, recommender in recommenders.items():
-                out = recommender(batch.input_ids, batch.history, batch.target, negatives, 10)
-                results[name].add(batch.user_index, batch.target, out["rank"], out["tokens"], out["scores"],
-                                  out["sampled_rank"] if sampling.count else None)
+    for batch in batches:
+        negatives = None
+        if sampling.count:
+            negatives = metrics.sample_negatives(sampling.popularity, batch.target, batch.history, sampling.count, rng)
+        for name, recommender in recommenders.items():
+            out = recommender(batch.input_ids, batch.history, batch.target, negatives, 10)
+            results[name].add(batch.user_index, batch.target, out["rank"], out["tokens"], out["scores"],
+                              out["sampled_rank"] if sampling.count else None)
+        if bar is not None:
             bar.update()
     return results
+
+
+def evaluate(recommenders: dict[str, Recommender], manifest: Manifest, split: str, batch_size: int,
+             sampling: Sampling = Sampling()) -> dict[str, metrics.Evaluation]:
+    """Full-ranking evaluation of one or more recommenders on every user of a split."""
+    if manifest.split(split).examples == 0:
+        raise UserError(f"{manifest.path}: the '{split}' split is empty; nothing to evaluate")
+    total = inputs.eval_batch_count(manifest.split(split).examples, batch_size)
+    with progress(desc=f"{split}: scoring", unit=" batches", total=total) as bar:
+        batches = inputs.eval_batches(manifest, split, batch_size)
+        return score_batches(recommenders, batches, manifest.num_tokens, sampling, bar)
 
 
 @dataclass
@@ -269,7 +269,10 @@ class Predictions:
 
 def predict(recommender: Recommender, manifest: Manifest, split: str, batch_size: int, k: int):
     """Per chunk of users (in user order): top-k tokens and scores, and user embeddings."""
-    for chunk, batches, bar in _progress_batches(manifest, split, batch_size, f"{split}: top-{k}"):
+    total = inputs.eval_batch_count(manifest.split(split).examples, batch_size)
+    bar = progress(desc=f"{split}: top-{k}", unit=" batches", total=total)
+    for chunk in inputs.eval_chunks(manifest, split):
+        batches = inputs.chunk_batches(chunk, batch_size, manifest.max_seq_length)
         parts = []
         for batch in batches:
             parts.append((batch.rows, recommender(batch.input_ids, batch.history, k=k)))
@@ -280,17 +283,43 @@ def predict(recommender: Recommender, manifest: Manifest, split: str, batch_size
         gathered = {name: np.concatenate([out[name] for _, out in parts])[order]
                     for name in ("tokens", "scores", "embedding")}
         yield Predictions(chunk.user_index, gathered["tokens"], gathered["scores"], gathered["embedding"])
+    bar.close()
 
 
 class Validation:
-    """The validation split's full-ranking metrics for the model being trained (traced once)."""
+    """Validation metrics of the model being trained.
 
-    def __init__(self, manifest: Manifest, batch_size: int):
+    During training: a fixed, seeded sample of `users` users (all of them when the split holds no
+    more), read once and kept in memory, so validating a million-user log every few hundred steps
+    stays cheap. `full()`: every user of the split, streamed, once at the end.
+    """
+
+    def __init__(self, manifest: Manifest, batch_size: int, users: int | None, seed: int):
         self.manifest, self.batch_size = manifest, batch_size
+        self.total = manifest.split("valid").examples
+        if self.total == 0:
+            raise UserError(f"{manifest.path}: the 'valid' split is empty; nothing to validate on")
+        self.users, self.seed = min(users or self.total, self.total), seed
+        self.batches: list[inputs.EvalBatch] | None = None
         self.recommender: Recommender | None = None
 
-    def __call__(self, model) -> dict[str, float]:
+    @property
+    def label(self) -> str:
+        if self.users == self.total:
+            return f"all {self.total:,} users"
+        return f"a seeded sample of {self.users:,} of {self.total:,} users"
+
+    def _recommender(self, model) -> Recommender:
         if self.recommender is None:
             self.recommender = Recommender(ModelScorer(model))
-        result = evaluate({"model": self.recommender}, self.manifest, "valid", self.batch_size)
+        return self.recommender
+
+    def __call__(self, model) -> dict[str, float]:
+        if self.batches is None:
+            rows = inputs.sample_rows(self.manifest, "valid", self.users, self.seed)
+            self.batches = list(inputs.chunk_batches(rows, self.batch_size, self.manifest.max_seq_length))
+        result = score_batches({"model": self._recommender(model)}, self.batches, self.manifest.num_tokens)
         return result["model"].result()
+
+    def full(self, model) -> dict[str, float]:
+        return evaluate({"model": self._recommender(model)}, self.manifest, "valid", self.batch_size)["model"].result()

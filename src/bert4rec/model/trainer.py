@@ -197,8 +197,8 @@ class Trainer:
         self.optimizer.learning_rate = learning_rate(self.params, self.state.step, elapsed)
         return self._step_fn(batch, tf.constant(self.state.step, tf.int64))
 
-    # -- the loop ---------------------------------------------------------------------------
-    def fit(self, validate: Callable[[keras.Model], dict]) -> LoopState:
+    # -- the loop: `validate(model)` gives validation metrics, `validate.label` says on whom ----
+    def fit(self, validate) -> LoopState:
         """Train to num_train_steps (or the time budget, or early stopping); best weights restored."""
         params, state = self.params, self.state
         started = time.monotonic()
@@ -271,8 +271,8 @@ class Trainer:
         else:
             state.evals_without_improvement += 1
         state.stopped_early = bool(patience) and state.evals_without_improvement >= patience
-        log.info("step %d: valid ndcg_at_10 %.4f hit_at_10 %.4f (best %.4f at step %d)", state.step,
-                 metrics["ndcg_at_10"], metrics["hit_at_10"], state.best_metric, state.best_step)
+        log.info("step %d: valid ndcg_at_10 %.4f hit_at_10 %.4f on %s (best %.4f at step %d)", state.step,
+                 metrics["ndcg_at_10"], metrics["hit_at_10"], validate.label, state.best_metric, state.best_step)
         self._report({f"valid_{k}": v for k, v in metrics.items()}, "valid")
         return metrics
 

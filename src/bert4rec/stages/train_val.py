@@ -58,11 +58,12 @@ def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
     info = store.ModelInfo(model_name=name, num_tokens=manifest.num_tokens, max_seq_length=manifest.max_seq_length,
                            model=tv.model, vocabulary_sha256=manifest.vocabulary.sha256)
     store.write_model_files(folder, params, info, paths.item_vocab)
-    validate = recommend.Validation(manifest, tv.eval_batch_size)
+    validate = recommend.Validation(manifest, tv.eval_batch_size, tv.validation_users, tv.seed)
 
     with tracking.stage_run("train_val", paths, params, sections=("train_val",), model_name=name):
+        tracking.set_tags({"validation": f"valid_* during training: {validate.label}; best_valid_*: all users"})
         state = trainer.fit(validate)
-        metrics = validate(trainer.model)
+        metrics = validate.full(trainer.model)
         store.save_arrays(folder / store.WEIGHTS, store.weights_to_arrays(trainer.model.get_weights(), "model/"))
         export.export(trainer.model, store.item_ids(folder).to_numpy(zero_copy_only=False), manifest.max_seq_length, folder / "saved_model")
         info = info.model_copy(update=dict(
