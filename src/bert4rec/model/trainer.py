@@ -25,6 +25,7 @@ from bert4rec.errors import UserError
 from bert4rec.model import inputs, store
 from bert4rec.model.loss import masked_item_loss, sampling_log_q
 from bert4rec.model.network import build_model
+from bert4rec.model.optimizer import LazyAdamW, clip_by_global_norm
 from bert4rec.params import TrainValParams
 from bert4rec.progress import progress
 
@@ -142,13 +143,20 @@ class Trainer:
         return self.folder / "checkpoints"
 
     def _make_optimizer(self):
+        """AdamW; with sampled softmax the item table and output bias update only touched rows.
+
+        Gradients are clipped in the step (sparse ones stay sparse); under mixed_float16 the
+        loss-scale optimizer unscales first, so Keras clips (and densifies) there instead.
+        """
         params = self.params
-        optimizer = keras.optimizers.AdamW(
-            learning_rate=learning_rate(params, 0),
-            weight_decay=params.weight_decay, global_clipnorm=params.clip_norm, beta_2=0.98, epsilon=1e-6,
+        fp16 = params.mixed_precision == "mixed_float16"
+        lazy = [self.model.item_embedding.embeddings] if params.loss == "sampled_softmax" and not fp16 else []
+        optimizer = LazyAdamW(
+            decayed_rows=lazy, learning_rate=learning_rate(params, 0), weight_decay=params.weight_decay,
+            global_clipnorm=params.clip_norm if fp16 else None, beta_2=0.98, epsilon=1e-6,
         )
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "position_embedding"])
-        if params.mixed_precision == "mixed_float16":
+        optimizer.exclude_from_weight_decay(var_list=lazy, var_names=["bias", "gamma", "beta", "position_embedding"])
+        if fp16:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(self.model.trainable_variables)
         return optimizer
@@ -169,6 +177,8 @@ class Trainer:
                 if params.mixed_precision == "mixed_float16":
                     scaled = optimizer.scale_loss(scaled)
             grads = tape.gradient(scaled, model.trainable_variables)
+            if params.mixed_precision != "mixed_float16":
+                grads = clip_by_global_norm(grads, params.clip_norm)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return loss
 
