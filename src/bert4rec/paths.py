@@ -57,6 +57,10 @@ class ProjectPaths:
     def model_dir(self, model_name: str) -> Path:
         return self.root / "models" / model_name
 
+    def checkpoint_area(self, model_name: str) -> Path:
+        """Resumable training state, outside DVC's outputs (DVC clears models/<name> before a run)."""
+        return self.root / "checkpoints" / model_name
+
     def results_dir(self, model_name: str) -> Path:
         return self.root / "results" / model_name
 

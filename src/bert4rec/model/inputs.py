@@ -104,11 +104,12 @@ def bucket_lengths(max_seq_length: int, buckets: int) -> list[int]:
 
 def training_batches(manifest: Manifest, batch_size: int, epoch: int, seed: int,
                      buckets: int = 1, worker: int = 0, workers: int = 1, skip: int = 0,
-                     shuffle_buffer: int = 20000):
+                     limit: int | None = None, shuffle_buffer: int = 20000):
     """One epoch of (input_ids, positions, labels) batches, masks drawn for this epoch.
 
     Batches hold examples of one length bucket, cut to the bucket width (left padding removed).
-    Full batches only, so every step has the same batch size; `skip` resumes mid-epoch.
+    Full batches only, so every step has the same batch size; `limit` cuts the epoch to that many
+    batches (several workers take the same number of steps); `skip` resumes mid-epoch.
     Dynamic masks are seeded by (seed, epoch, batch index) and the batch order is seeded, so
     the same seed gives the same batches.
     """
@@ -151,7 +152,21 @@ def training_batches(manifest: Manifest, batch_size: int, epoch: int, seed: int,
             ),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
         )
+    if limit is not None:
+        dataset = dataset.take(limit)
     return dataset.skip(skip).prefetch(tf.data.AUTOTUNE)
+
+
+def batches_per_epoch(manifest: Manifest, batch_size: int, buckets: int, worker: int = 0, workers: int = 1) -> int:
+    """How many batches training_batches yields per epoch for a worker: full batches per bucket."""
+    width = manifest.max_seq_length
+    bounds = tf.constant(bucket_lengths(width, buckets))
+    lengths = read_split(manifest, "train", worker, workers).map(
+        lambda e: tf.reduce_sum(tf.cast(e["input_ids"] != PAD, tf.int32)), num_parallel_calls=tf.data.AUTOTUNE)
+    keys = np.fromiter(lengths.batch(65536).map(lambda x: tf.searchsorted(bounds, x, side="left"))
+                       .unbatch().as_numpy_iterator(), dtype=np.int64)
+    per_bucket = np.bincount(keys, minlength=len(bucket_lengths(width, buckets)))
+    return int((per_bucket // batch_size).sum())
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""TensorFlow's process-wide set-up: a quiet import, seeds, op determinism, mixed precision.
+"""TensorFlow's process-wide set-up: a quiet import; the strategy, seeds, determinism, precision.
 
 TensorFlow's C++ layer prints start-up lines straight to file descriptor 2 before Python's
 logging exists; users read the `E0000 ... failed call to cuInit` among them as a failure. They
@@ -48,19 +48,29 @@ def quiet_import() -> None:
         import keras  # noqa: F401
         import tensorflow as tf
 
-        tf.config.list_physical_devices()
-        tf.constant(0)  # the first op initialises the platforms (the cuInit probe)
+        if "TF_CONFIG" not in os.environ:  # a multi-worker strategy must come before the first op
+            tf.constant(0)  # the first op initialises the platforms (the cuInit probe)
     import absl.logging
 
     absl.logging.set_verbosity(absl.logging.WARNING)
 
 
-def setup(seed: int, deterministic_ops: bool, mixed_precision: str) -> None:
-    """Seeds, op determinism and the precision policy: before any model is built."""
+def start(distribution: str, seed: int, deterministic_ops: bool, mixed_precision: str):
+    """The distribution strategy (first: a multi-worker one must exist before any op runs), then
+    seeds, op determinism and the precision policy; before any model is built."""
     import keras
     import tensorflow as tf
 
+    from bert4rec.model.distribute import make_strategy
+
+    try:
+        target = startup_log()
+    except OSError:
+        target = Path(os.devnull)
+    with _stderr_to(target):
+        strategy = make_strategy(distribution)
     keras.utils.set_random_seed(seed)
     if deterministic_ops:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy("float32" if mixed_precision == "off" else mixed_precision)
+    return strategy

@@ -9,6 +9,7 @@ vocabulary or architecture differs from the data or params at hand.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import zipfile
@@ -23,9 +24,13 @@ from bert4rec.data.manifest import Manifest
 from bert4rec.errors import UserError
 from bert4rec.fileio import atomic_file, read_typed, write_typed
 from bert4rec.model.network import build_model
-from bert4rec.params import ModelParams, Params, dump_params
+from bert4rec.params import ModelParams, Params, TrainValParams, dump_params
 
 CHECKPOINT = re.compile(r"^ckpt-(\d+)\.npz$")
+# train_val keys a run may change and still continue an interrupted or finished run's checkpoints
+RESUMABLE = {"num_train_steps", "training_time_limit_seconds", "early_stopping_patience", "eval_every_steps",
+             "validation_users", "eval_batch_size", "log_every_steps", "save_checkpoints_steps", "keep_checkpoints",
+             "model_name", "distribution"}
 INFO = "model.json"
 WEIGHTS = "weights.npz"
 
@@ -47,6 +52,16 @@ class ModelInfo(BaseModel):
     valid: dict[str, float] | None = None
     training_sequences_per_second: float = 0.0
     training_seconds: float = 0.0
+
+
+def training_fingerprint(params: TrainValParams, manifest: Manifest) -> str:
+    """What a checkpoint may be resumed under: the same records (the manifest names every shard's
+    sha256), the same training params (but RESUMABLE ones) and the same model code."""
+    digest = hashlib.sha256(manifest.path.read_bytes())
+    digest.update(params.model_dump_json(exclude=RESUMABLE).encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def read_info(folder: Path) -> ModelInfo:

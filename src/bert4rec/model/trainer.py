@@ -10,7 +10,6 @@ name and never half-written.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import tensorflow as tf
 from bert4rec.data.manifest import Manifest
 from bert4rec.errors import UserError
 from bert4rec.model import inputs, store
+from bert4rec.model.distribute import Worker, common_step
 from bert4rec.model.loss import masked_item_loss, sampling_log_q
 from bert4rec.model.network import build_model
 from bert4rec.model.optimizer import LazyAdamW, clip_by_global_norm
@@ -30,31 +30,6 @@ from bert4rec.params import TrainValParams
 from bert4rec.progress import progress
 
 log = logging.getLogger("bert4rec.train_val")
-
-
-def make_strategy(kind: str) -> tf.distribute.Strategy:
-    """default: one device; mirrored: all local GPUs (or logical CPUs); multi_worker: TF_CONFIG."""
-    if kind == "default":
-        return tf.distribute.get_strategy()
-    if kind == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        ops = None if gpus else tf.distribute.ReductionToOneDevice()
-        return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=ops)
-    if "TF_CONFIG" not in os.environ:
-        log.warning("multi_worker_mirrored without TF_CONFIG: running as a single worker")
-    return tf.distribute.MultiWorkerMirroredStrategy()
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes the model (multi-worker: the chief, else worker 0)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
-    if not cluster:
-        return True
-    if "chief" in cluster:
-        return resolver.task_type == "chief"
-    return resolver.task_type == "worker" and resolver.task_id == 0
 
 
 def learning_rate(params: TrainValParams, step: int, elapsed: float | None = None) -> float:
@@ -123,24 +98,40 @@ MetricsHook = Callable[[int, dict], None]
 class Trainer:
     """Model + optimizer + compiled train step inside a tf.distribute strategy, and the loop."""
 
-    def __init__(self, params: TrainValParams, manifest: Manifest, item_counts: np.ndarray, folder: Path,
-                 on_metrics: MetricsHook = lambda step, metrics: None):
-        self.params, self.manifest, self.folder, self.on_metrics = params, manifest, folder, on_metrics
-        self.strategy = make_strategy(params.distribution)
+    def __init__(self, params: TrainValParams, manifest: Manifest, item_counts: np.ndarray, log_dir: Path,
+                 checkpoint_dir: Path, on_metrics: MetricsHook = lambda step, metrics: None,
+                 strategy: tf.distribute.Strategy | None = None, worker: Worker = Worker()):
+        self.params, self.manifest, self.on_metrics = params, manifest, on_metrics
+        self.checkpoint_dir, self.worker = checkpoint_dir, worker
+        self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
+        self.steps_per_epoch = self._common_epoch()
         with self.strategy.scope():
             self.model = build_model(manifest.num_tokens, params.model)
             self.optimizer = self._make_optimizer()
         self.log_q = tf.constant(sampling_log_q(item_counts, manifest.num_tokens, params.negative_sampling))
         self.state = LoopState()
+        self.rate = learning_rate(params, 0)
         self.best_weights = None
         self.throughput = Throughput()
         self._step_fn = self._make_step()
-        self._writer = tf.summary.create_file_writer(str(folder / "tensorboard"))
+        self._writer = tf.summary.create_file_writer(str(log_dir))
 
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.folder / "checkpoints"
+    def _common_epoch(self) -> int | None:
+        """Workers read different shards, so their epochs differ in length; every worker must take
+        the same number of steps between collectives: an epoch is cut to the shortest one."""
+        if self.worker.count == 1:
+            return None
+        params = self.params
+        if self.worker.count > self.manifest.num_shards:
+            raise UserError(f"tfrecord.num_shards ({self.manifest.num_shards}) must be at least the number of "
+                            f"workers ({self.worker.count}): every worker reads its own shards")
+        per_replica = params.batch_size
+        counts = [inputs.batches_per_epoch(self.manifest, per_replica, params.length_buckets, w, self.worker.count)
+                  for w in range(self.worker.count)]
+        log.info("worker %d of %d: %d steps per epoch (batches per worker: %s)", self.worker.index,
+                 self.worker.count, min(counts), counts)
+        return min(counts)
 
     def _make_optimizer(self):
         """AdamW; with sampled softmax the item table and output bias update only touched rows.
@@ -198,18 +189,33 @@ class Trainer:
             return inputs.training_batches(
                 self.manifest, per_replica, epoch, params.seed, params.length_buckets,
                 worker=context.input_pipeline_id, workers=context.num_input_pipelines, skip=skip,
+                limit=self.steps_per_epoch,
             )
 
         return self.strategy.distribute_datasets_from_function(make)
 
     def train_step(self, batch, elapsed: float | None = None):
         """One optimizer step at the scheduled rate; returns the (replica-mean) loss tensor."""
-        self.optimizer.learning_rate = learning_rate(self.params, self.state.step, elapsed)
+        self.rate = learning_rate(self.params, self.state.step, elapsed)
+        self.optimizer.learning_rate = self.rate
         return self._step_fn(batch, tf.constant(self.state.step, tf.int64))
 
     # -- the loop: `validate(model)` gives validation metrics, `validate.label` says on whom ----
     def fit(self, validate) -> LoopState:
         """Train to num_train_steps (or the time budget, or early stopping); best weights restored."""
+        try:
+            return self._loop(validate)
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+            if self.worker.count == 1:
+                raise
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            telling = [line for line in lines if any(w in line for w in ("unhealthy", "crashed", "connect", "closed"))]
+            reason = (telling or lines or [type(error).__name__])[0][:300]
+            raise UserError(f"worker {self.worker.index} of {self.worker.count}: another worker stopped ({reason}); "
+                            f"training stopped at step {self.state.step}. Start every worker again with the same "
+                            "command: they resume from the newest checkpoint all of them hold") from None
+
+    def _loop(self, validate) -> LoopState:
         params, state = self.params, self.state
         started = time.monotonic()
         validated_at = state.step
@@ -265,7 +271,7 @@ class Trainer:
 
     def _log_training(self, loss, started: float, bar) -> None:
         state = self.state
-        loss, rate = float(loss), float(self.optimizer.learning_rate)
+        loss, rate = float(loss), self.rate
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{rate:.1e}", best=f"{state.best_metric:.4f}")
         log.info("step %d: loss %.4f, learning rate %.2e, epoch %d, %.0f s", state.step, loss, rate, state.epoch,
                  time.monotonic() - started)
@@ -303,16 +309,20 @@ class Trainer:
         store.prune_checkpoints(self.checkpoint_dir, self.params.keep_checkpoints)
         return path
 
-    def resume(self) -> bool:
-        """Continue from the newest checkpoint (and its best weights), if there is one."""
-        saved = store.checkpoints(self.checkpoint_dir)
-        if not saved:
-            return False
-        self.restore(saved[-1][1])
-        best = self.checkpoint_dir / "best.npz"
-        if best.exists():
-            self.best_weights = store.arrays_to_weights(store.load_arrays(best, "best weights"), "model/")
-        return True
+    def resume(self, *folders: Path) -> bool:
+        """Continue from the newest checkpoint of the first of `folders` holding one (with several
+        workers: the newest step all of them hold); its best weights come along."""
+        for folder in folders:
+            saved = dict(store.checkpoints(folder))
+            step = common_step(self.strategy, self.worker, list(saved))
+            if step is None:
+                continue
+            self.restore(saved[step])
+            best = folder / "best.npz"
+            if best.exists():
+                self.best_weights = store.arrays_to_weights(store.load_arrays(best, "best weights"), "model/")
+            return True
+        return False
 
     def restore(self, path: Path) -> None:
         arrays = store.load_arrays(path, "checkpoint")

@@ -1,14 +1,18 @@
 """train_val stage: train BERT4Rec on the train split, validate, early-stop, export.
 
-Resumes from the newest checkpoint in models/<model_name>/checkpoints; a model already at
-num_train_steps (or stopped early) is only evaluated. Writes weights.npz (best validation
-NDCG@10), model.json, config.yaml, items.parquet, valid_metrics.json, tensorboard/ and
-saved_model/ beside it, and the training curves to results/<model_name>/train_val_curves.csv.
+Checkpoints go to projects/<p>/checkpoints/<model>/<fingerprint>/, which DVC does not clear, so
+a killed run (under `dvc repro` too) continues where it stopped; a finished run's last checkpoint
+moves into models/<model_name>/checkpoints, from which a later run with more num_train_steps
+continues (one already there, or stopped early, is only evaluated). Writes weights.npz (best
+validation NDCG@10), model.json, config.yaml, items.parquet, valid_metrics.json, tensorboard/ and
+saved_model/, and the training curves to results/<model_name>/train_val_curves.csv.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,7 +21,8 @@ from bert4rec.data.manifest import Manifest
 from bert4rec.errors import UserError
 from bert4rec.fileio import write_curves, write_json
 from bert4rec.model import export, recommend, runtime, store
-from bert4rec.model.trainer import Trainer, is_chief
+from bert4rec.model.distribute import Worker, cluster_worker
+from bert4rec.model.trainer import Trainer
 from bert4rec.params import Params
 from bert4rec.paths import ProjectPaths
 from bert4rec.stages.common import stage_main
@@ -37,43 +42,73 @@ def check_inputs(paths: ProjectPaths, params: Params, manifest: Manifest, folder
         store.check_compatible(folder, store.read_info(folder), manifest, model)
 
 
+def checkpoint_dir(paths: ProjectPaths, params: Params, manifest: Manifest, worker: Worker) -> Path:
+    """projects/<p>/checkpoints/<model>/<fingerprint>: outside DVC's outputs (DVC clears the model
+    folder before a run), keyed so a changed run never resumes a stale one; a worker of several
+    keeps its own (they agree on a common step when resuming)."""
+    fingerprint = store.training_fingerprint(params.train_val, manifest)
+    suffix = "" if worker.chief else f"-worker-{worker.index}"
+    return paths.checkpoint_area(params.model_name()) / f"{fingerprint}{suffix}"
+
+
+def keep_final_state(trainer: Trainer, folder: Path, area: Path) -> None:
+    """The finished run's last checkpoint and best weights go with the model (a later run with more
+    num_train_steps continues from them); the resumable area is cleaned, with any areas older
+    interrupted runs left. Each worker of several removes its own area."""
+    if not trainer.worker.chief:
+        shutil.rmtree(area, ignore_errors=True)
+    elif store.checkpoints(area):  # an evaluation-only run saved nothing new
+        final = folder / "checkpoints"
+        shutil.rmtree(final, ignore_errors=True)
+        final.mkdir(parents=True)
+        for path in (store.checkpoints(area)[-1][1], area / "best.npz"):
+            if path.exists():
+                shutil.copy2(path, final / path.name)
+        for other in area.parent.iterdir():
+            if other == area or not other.name.startswith(area.name):
+                shutil.rmtree(other, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        area.parent.rmdir()  # only once no worker's area is left
+
+
 def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
     tv, name = params.train_val, params.model_name()
     manifest = Manifest.read(paths.records)
     folder = paths.model_dir(name)
     check_inputs(paths, params, manifest, folder)
-    runtime.setup(tv.seed, tv.deterministic_ops, tv.mixed_precision)
-    counts = vocabulary.item_counts(paths.item_vocab)
+    strategy = runtime.start(tv.distribution, tv.seed, tv.deterministic_ops, tv.mixed_precision)
     curves: dict[int, dict] = {}
 
     def report(step: int, metrics: dict) -> None:
         curves.setdefault(step, {}).update(metrics)
         tracking.log_metrics(metrics, step=step)
 
-    trainer = Trainer(tv, manifest, counts, folder, on_metrics=report)
-    if trainer.resume():
+    worker = cluster_worker() if tv.distribution == "multi_worker_mirrored" else Worker()
+    if not worker.chief:  # the chief writes the model; the others keep theirs out of the way
+        folder = Path(tempfile.mkdtemp(prefix="bert4rec-worker-")) / name
+    area = checkpoint_dir(paths, params, manifest, worker)
+    trainer = Trainer(tv, manifest, vocabulary.item_counts(paths.item_vocab), folder / "tensorboard", area, report,
+                      strategy, worker)
+    if trainer.resume(area, paths.model_dir(name) / "checkpoints"):
         log.info("resumed %s from step %d", name, trainer.state.step)
-    if not is_chief(trainer.strategy):  # other workers write to a scratch copy
-        folder = trainer.folder = Path(tempfile.mkdtemp(prefix="bert4rec-worker-")) / name
     info = store.ModelInfo(model_name=name, num_tokens=manifest.num_tokens, max_seq_length=manifest.max_seq_length,
                            model=tv.model, vocabulary_sha256=manifest.vocabulary.sha256)
     store.write_model_files(folder, params, info, paths.item_vocab)
     validate = recommend.Validation(manifest, tv.eval_batch_size, tv.validation_users, tv.seed)
 
-    with tracking.stage_run("train_val", paths, params, sections=("train_val",), model_name=name):
+    with tracking.stage_run("train_val", paths, params, sections=("train_val",), model_name=name, record=worker.chief):
         tracking.set_tags({"validation": f"valid_* during training: {validate.label}; best_valid_*: all users"})
         state = trainer.fit(validate)
         metrics = validate.full(trainer.model)
-        store.save_arrays(folder / store.WEIGHTS, store.weights_to_arrays(trainer.model.get_weights(), "model/"))
-        export.export(trainer.model, store.item_ids(folder).to_numpy(zero_copy_only=False), manifest.max_seq_length, folder / "saved_model")
         info = info.model_copy(update=dict(
             trained_steps=state.step, replicas=trainer.replicas, best_step=state.best_step,
             stopped_early=state.stopped_early, valid=metrics,
             training_sequences_per_second=round(trainer.throughput.per_second, 2),
             training_seconds=round(trainer.throughput.seconds, 2)))
-        store.write_model_files(folder, params, info, paths.item_vocab)
-        write_json(folder / "valid_metrics.json", {"model_name": name, "step": state.best_step, **metrics})
-        write_curves(paths.results_dir(name) / "train_val_curves.csv", curves)
+        save_model(trainer.model, folder, params, info, paths)
+        keep_final_state(trainer, folder, area)
+        if worker.chief:
+            write_curves(paths.results_dir(name) / "train_val_curves.csv", curves)
         tracking.log_metrics({f"best_valid_{k}": v for k, v in metrics.items()})
         for artifact in ("valid_metrics.json", "config.yaml", store.INFO):
             tracking.log_artifact(folder / artifact)
@@ -81,6 +116,14 @@ def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
     log.info("model %s: %d steps, valid ndcg_at_10 %.4f hit_at_10 %.4f -> %s", name, state.step,
              metrics["ndcg_at_10"], metrics["hit_at_10"], folder)
     return info
+
+
+def save_model(model, folder: Path, params: Params, info: store.ModelInfo, paths: ProjectPaths) -> None:
+    store.save_arrays(folder / store.WEIGHTS, store.weights_to_arrays(model.get_weights(), "model/"))
+    export.export(model, store.item_ids(folder).to_numpy(zero_copy_only=False), info.max_seq_length,
+                  folder / "saved_model")
+    store.write_model_files(folder, params, info, paths.item_vocab)
+    write_json(folder / "valid_metrics.json", {"model_name": info.model_name, "step": info.best_step, **info.valid})
 
 
 def main(argv: list[str] | None = None) -> int:

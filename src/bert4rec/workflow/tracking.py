@@ -206,10 +206,11 @@ def _record_run(paths: ProjectPaths, stage: str, run, experiment: str) -> None:
 
 @contextlib.contextmanager
 def stage_run(stage: str, paths: ProjectPaths, params: Params, sections: tuple[str, ...],
-              model_name: str | None = None) -> Iterator[None]:
+              model_name: str | None = None, record: bool = True) -> Iterator[None]:
     """One MLflow run for one stage execution: the stage's params sections flattened, tags,
-    FAILED on error. A no-op with tracking off."""
-    if not enabled():
+    FAILED on error. A no-op with tracking off, or with record=False (a worker that is not the
+    chief of several)."""
+    if not enabled() or not record:
         yield
         return
     with _mlflow_run(stage, paths, params, sections, model_name):

@@ -1,0 +1,74 @@
+"""multi_worker_mirrored, run for real: two worker processes on 127.0.0.1 with their own TF_CONFIG."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bert4rec.fileio import read_json
+from helpers import run_stage
+
+from .tiny import model_dir, most_popular_valid_ndcg, new_project
+
+pytestmark = pytest.mark.slow
+BERT4REC = [sys.executable, "-m", "bert4rec.cli"]
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def launch(project, logs, tag):
+    hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    processes = []
+    for index in range(2):
+        config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "BERT4REC_TRACKING": "off", "TF_CONFIG": json.dumps(config)}
+        log = open(logs / f"{tag}-worker-{index}.log", "w")
+        processes.append(subprocess.Popen([*BERT4REC, "train_val", "--project", str(project)], env=env,
+                                          stdout=log, stderr=subprocess.STDOUT))
+    return processes
+
+
+def test_two_workers_train_resume_after_a_killed_worker_and_match_one_worker(tmp_path):
+    settings = dict(num_train_steps=400, eval_every_steps=200, save_checkpoints_steps=10, deterministic_ops=True)
+    single = new_project(tmp_path / "single", model_name="one", batch_size=32, **settings)
+    assert run_stage("train_val", single) == 0
+    one = read_json(model_dir(single, "one") / "valid_metrics.json", "metrics")["ndcg_at_10"]
+
+    project = new_project(tmp_path / "cluster", model_name="two", batch_size=16,
+                          distribution="multi_worker_mirrored", **settings)
+    area = project / "checkpoints" / "two"
+    first = launch(project, tmp_path, "first")
+    deadline = time.time() + 300
+    while not any(p.name == "ckpt-30.npz" for p in area.rglob("ckpt-*")):  # both workers past step 30
+        assert time.time() < deadline and all(p.poll() is None for p in first), "training did not get going"
+        time.sleep(0.2)
+    first[1].send_signal(signal.SIGKILL)
+    assert first[0].wait(timeout=120) == 2  # the chief notices and stops with one message
+    message = (tmp_path / "first-worker-0.log").read_text()
+    assert "another worker stopped" in message and "Traceback" not in message
+
+    second = launch(project, tmp_path, "second")
+    assert [p.wait(timeout=600) for p in second] == [0, 0]
+    chief_log = (tmp_path / "second-worker-0.log").read_text()
+    resumed = int(chief_log.split("resumed two from step ")[1].split()[0])
+    assert resumed >= 30 and f"resumed two from step {resumed}" in (tmp_path / "second-worker-1.log").read_text()
+    info = read_json(model_dir(project, "two") / "model.json", "model")
+    assert info["trained_steps"] == 400
+    assert not area.exists()  # both workers cleaned their resumable state
+    two = read_json(model_dir(project, "two") / "valid_metrics.json", "metrics")["ndcg_at_10"]
+    baseline = most_popular_valid_ndcg(project)
+    assert one > 1.2 * baseline and two > 1.2 * baseline
+    assert abs(two - one) < 0.15 * one, (one, two)  # same global batch (2 x 16 = 32), same data
