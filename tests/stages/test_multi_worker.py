@@ -1,13 +1,16 @@
 """multi_worker_mirrored, run for real: two worker processes on 127.0.0.1 with their own TF_CONFIG."""
 
+import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 
 from bert4rec.fileio import read_json
@@ -72,3 +75,34 @@ def test_two_workers_train_resume_after_a_killed_worker_and_match_one_worker(tmp
     baseline = most_popular_valid_ndcg(project)
     assert one > 1.2 * baseline and two > 1.2 * baseline
     assert abs(two - one) < 0.15 * one, (one, two)  # same global batch (2 x 16 = 32), same data
+
+
+def test_two_workers_split_test_and_inference_and_merge_exactly(trained, tmp_path):
+    project = tmp_path / "synth"
+    shutil.copytree(trained, project, symlinks=True)
+    results = project / "results" / "tiny"
+    for stage in ("test", "inference"):
+        assert run_stage(stage, project) == 0
+    single = {name: (results / name).read_bytes() for name in ("predictions.parquet", "user_embeddings.parquet")}
+    metrics = read_json(results / "test_metrics.json", "metrics")
+    ranks = pd.read_parquet(results / "test_ranks.parquet")
+    for name in ("test_metrics.json", "test_ranks.parquet", *single):
+        (results / name).unlink()
+
+    for stage in ("test", "inference"):
+        hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
+        processes = [subprocess.Popen(
+            [*BERT4REC, stage, "--project", str(project)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "BERT4REC_TRACKING": "off",
+                 "TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}})})
+            for i in (1, 0)]
+        outputs = [p.communicate(timeout=300)[0] for p in processes]
+        assert [p.returncode for p in processes] == [0, 0], outputs
+    split = read_json(results / "test_metrics.json", "metrics")
+    exact = {k: v for k, v in metrics.items() if not k.startswith("sampled_") and k != "most_popular"}
+    assert {k: split[k] for k in exact} == exact  # full-ranking metrics merge exactly
+    assert split["most_popular"]["ndcg_at_10"] == metrics["most_popular"]["ndcg_at_10"]
+    pd.testing.assert_frame_equal(pd.read_parquet(results / "test_ranks.parquet"), ranks)
+    for name, expected in single.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(results / name), pd.read_parquet(io.BytesIO(expected)))
+    assert not (results / "parts").exists()

@@ -300,9 +300,10 @@ def chunk_batches(chunk: EvalRows, batch_size: int, width: int):
                         chunk.padded_history(rows))
 
 
-def eval_batches(manifest: Manifest, split: str, batch_size: int, chunk_size: int = EVAL_CHUNK):
-    """Every batch of a split, chunk after chunk."""
-    for chunk in eval_chunks(manifest, split, chunk_size):
+def eval_batches(manifest: Manifest, split: str, batch_size: int, chunk_size: int = EVAL_CHUNK,
+                 worker: int = 0, workers: int = 1):
+    """Every batch of a split (or of this worker's shards of it), chunk after chunk."""
+    for chunk in eval_chunks(manifest, split, chunk_size, worker, workers):
         yield from chunk_batches(chunk, batch_size, manifest.max_seq_length)
 
 

@@ -93,6 +93,24 @@ class Evaluation:
         self.recommended |= other.recommended
         return self
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Everything result() needs, as arrays (a worker's part of a split evaluation)."""
+        empty = np.zeros(0, dtype=np.int64)
+        arrays = {name: np.concatenate(getattr(self, name)) if getattr(self, name) else empty
+                  for name in ("users", "targets", "ranks")}
+        if self.sampled:
+            arrays["sampled"] = np.concatenate(self.sampled)
+        return {**arrays, "recommended": self.recommended}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Evaluation":
+        evaluation = cls(len(arrays["recommended"]))
+        for name in ("users", "targets", "ranks", "sampled"):
+            if name in arrays:
+                getattr(evaluation, name).append(arrays[name])
+        evaluation.recommended = arrays["recommended"].astype(bool)
+        return evaluation
+
     def per_user(self) -> dict[str, np.ndarray]:
         """user_index, target and 0-based rank (MISS for unknown targets), in user order."""
         users = np.concatenate(self.users) if self.users else np.zeros(0, dtype=np.int64)

@@ -24,6 +24,7 @@ from bert4rec.data.manifest import Manifest
 from bert4rec.data.records import FIRST_ITEM, MASK, PAD
 from bert4rec.errors import UserError
 from bert4rec.model import inputs, metrics
+from bert4rec.model.distribute import Worker
 from bert4rec.progress import progress
 
 CHUNK_ITEMS = 65536
@@ -247,13 +248,14 @@ def score_batches(recommenders: dict[str, Recommender], batches, num_tokens: int
 
 
 def evaluate(recommenders: dict[str, Recommender], manifest: Manifest, split: str, batch_size: int,
-             sampling: Sampling = Sampling()) -> dict[str, metrics.Evaluation]:
-    """Full-ranking evaluation of one or more recommenders on every user of a split."""
+             sampling: Sampling = Sampling(), worker: Worker = Worker()) -> dict[str, metrics.Evaluation]:
+    """Full-ranking evaluation of one or more recommenders on every user of a split (of this
+    worker's shards when several workers split it: their evaluations merge exactly)."""
     if manifest.split(split).examples == 0:
         raise UserError(f"{manifest.path}: the '{split}' split is empty; nothing to evaluate")
-    total = inputs.eval_batch_count(manifest.split(split).examples, batch_size)
+    total = inputs.eval_batch_count(manifest.split(split).examples // worker.count, batch_size)
     with progress(desc=f"{split}: scoring", unit=" batches", total=total) as bar:
-        batches = inputs.eval_batches(manifest, split, batch_size)
+        batches = inputs.eval_batches(manifest, split, batch_size, worker=worker.index, workers=worker.count)
         return score_batches(recommenders, batches, manifest.num_tokens, sampling, bar)
 
 
@@ -267,11 +269,13 @@ class Predictions:
     embeddings: np.ndarray
 
 
-def predict(recommender: Recommender, manifest: Manifest, split: str, batch_size: int, k: int):
-    """Per chunk of users (in user order): top-k tokens and scores, and user embeddings."""
-    total = inputs.eval_batch_count(manifest.split(split).examples, batch_size)
+def predict(recommender: Recommender, manifest: Manifest, split: str, batch_size: int, k: int,
+            worker: Worker = Worker()):
+    """Per chunk of users (in user order; this worker's shards when several split the work):
+    top-k tokens and scores, and user embeddings."""
+    total = inputs.eval_batch_count(manifest.split(split).examples // worker.count, batch_size)
     bar = progress(desc=f"{split}: top-{k}", unit=" batches", total=total)
-    for chunk in inputs.eval_chunks(manifest, split):
+    for chunk in inputs.eval_chunks(manifest, split, worker=worker.index, workers=worker.count):
         batches = inputs.chunk_batches(chunk, batch_size, manifest.max_seq_length)
         parts = []
         for batch in batches:

@@ -1,7 +1,8 @@
 """test stage: full-ranking metrics of a trained model on the held-out test split.
 
 Writes results/<model_name>/test_metrics.json with the model's metrics and, beside them, the
-most-popular baseline scored by the same code; per-user ranks (Parquet) on request.
+most-popular baseline scored by the same code; per-user ranks (Parquet) on request. Workers
+listed in TF_CONFIG split the users; their ranks merge exactly (stages/parts.py).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from bert4rec.data.manifest import Manifest
 from bert4rec.data.records import FIRST_ITEM
 from bert4rec.fileio import atomic_file, write_json
 from bert4rec.model import metrics, recommend, store
+from bert4rec.model.distribute import cluster_worker
 from bert4rec.params import Params
 from bert4rec.paths import ProjectPaths
+from bert4rec.stages import parts
 from bert4rec.stages.common import stage_main, user_ids
 from bert4rec.workflow import tracking
 
@@ -34,9 +37,16 @@ def run(paths: ProjectPaths, params: Params) -> dict:
     popularity = recommend.history_popularity(manifest, "test")
     recommenders = {"model": recommend.Recommender(recommend.ModelScorer(model)),
                     "most_popular": recommend.Recommender(recommend.StaticScorer(recommend.baseline_scores(popularity)))}
-    sampling = recommend.Sampling(tp.sampled_negatives, popularity, params.train_val.seed)
-    with tracking.stage_run("test", paths, params, sections=("test",), model_name=name):
-        results = recommend.evaluate(recommenders, manifest, "test", tp.batch_size, sampling)
+    worker = cluster_worker()
+    sampling = recommend.Sampling(tp.sampled_negatives, popularity, params.train_val.seed + worker.index)
+    with tracking.stage_run("test", paths, params, sections=("test",), model_name=name, record=worker.chief):
+        results = recommend.evaluate(recommenders, manifest, "test", tp.batch_size, sampling, worker)
+        if worker.count > 1:
+            results = parts.share_evaluations(out, "test", worker, results)
+            if results is None:  # another worker than the chief: its part is written
+                log.info("test %s: worker %d of %d wrote its part", name, worker.index + 1, worker.count)
+                return {"model_name": name, "worker": worker.index}
+            parts.remove_parts(out)
         result, baseline = results["model"].result(), results["most_popular"].result()
         report = {"model_name": name, "split": "test", **result, "most_popular": baseline}
         write_json(out / "test_metrics.json", report)
