@@ -138,3 +138,32 @@ def test_validation_on_a_sample_during_training_and_on_everyone_at_the_end(tmp_p
     assert valid["users"] == USERS
     curves = pd.read_csv(project / "results" / "sampled-valid" / "train_val_curves.csv")
     assert set(curves["valid_users"].dropna()) == {50}
+
+
+def test_a_killed_run_resumes_to_the_same_result(tmp_path):
+    """deterministic_ops: killed at a random checkpoint and run again == never interrupted (dropout on)."""
+    import random
+    import signal
+    import time
+
+    settings = dict(num_train_steps=60, eval_every_steps=30, save_checkpoints_steps=5, deterministic_ops=True,
+                    model={**TINY["model"], "hidden_dropout_prob": 0.1})
+    whole = new_project(tmp_path / "whole", model_name="m", **settings)
+    assert run("train_val", whole) == 0
+    project = new_project(tmp_path / "killed", model_name="m", **settings)
+    kill_after = random.Random(os.getpid()).choice(range(10, 50, 5))
+    process = subprocess.Popen([sys.executable, "-m", "bert4rec.cli", "train_val", "--project", str(project)],
+                               env={**os.environ, "BERT4REC_TRACKING": "off"}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    area = project / "checkpoints" / "m"
+    while not list(area.glob(f"*/ckpt-{kill_after}.npz")):
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (model_dir(project, "m") / "weights.npz").exists()
+    assert run("train_val", project) == 0
+    expected = read_json(model_dir(whole, "m") / "valid_metrics.json", "metrics")
+    assert read_json(model_dir(project, "m") / "valid_metrics.json", "metrics") == expected
+    first, second = np.load(model_dir(whole, "m") / "weights.npz"), np.load(model_dir(project, "m") / "weights.npz")
+    assert all(np.array_equal(first[key], second[key]) for key in first.files)

@@ -299,9 +299,14 @@ class Trainer:
                 tf.summary.scalar(f"{group}/{key.removeprefix(group + '_')}", value)
 
     # -- checkpoints -----------------------------------------------------------------------
+    def _random_states(self) -> list:
+        """The dropout layers' random generator states: a resumed run draws the same masks."""
+        return [v for v in self.model.variables if "seed_generator_state" in v.path]
+
     def save(self) -> Path:
         arrays = {**store.weights_to_arrays(self.model.get_weights(), "model/"),
                   **store.weights_to_arrays([v.numpy() for v in self.optimizer.variables], "optimizer/"),
+                  **store.weights_to_arrays([v.numpy() for v in self._random_states()], "random/"),
                   **self.state.to_arrays()}
         path = self.checkpoint_dir / f"ckpt-{self.state.step}.npz"
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -334,5 +339,8 @@ class Trainer:
         if [s.shape for s in slots] != [tuple(v.shape) for v in variables]:
             raise UserError(f"{path}: optimizer state does not fit (train_val.loss or mixed_precision changed?)")
         for variable, value in zip(variables, slots):
+            variable.assign(value)
+        states = store.arrays_to_weights(arrays, "random/")
+        for variable, value in zip(self._random_states(), states):  # absent in older checkpoints
             variable.assign(value)
         self.state = LoopState.from_arrays(arrays)
