@@ -11,6 +11,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bert4rec.errors import UserError
+from bert4rec.fileio import release_locks
 
 COMMANDS = {
     "raw": ("bert4rec.stages.raw", "input file -> per-user item sequences (Parquet)"),
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        release_locks()
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -15,6 +17,36 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
 from bert4rec.errors import UserError
+
+
+_held_locks: list = []  # files locked until the command ends (see hold_lock)
+
+
+def hold_lock(path: Path, holder: str, busy: str) -> None:
+    """Lock `path` until the command ends (release_locks), or stop at once naming the holder.
+
+    An flock: the system drops it when its process dies, so a killed run never leaves a stale
+    lock. `holder` describes this process for whoever is refused; `busy` starts their message.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{busy}: {owner} holds {path}; wait for it to finish or stop it") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{holder} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})\n")
+    handle.flush()
+    _held_locks.append(handle)
+
+
+def release_locks() -> None:
+    while _held_locks:
+        _held_locks.pop().close()
 
 
 def _umask() -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bert4rec.errors import UserError
+from bert4rec.fileio import hold_lock
 from bert4rec.params import Params, load_params
 from bert4rec.paths import ProjectPaths
 from bert4rec.workflow import projects, tracking
@@ -52,11 +55,25 @@ def open_project(project: Path | None) -> tuple[ProjectPaths, Params]:
 
 
 def stage_main(stage: str, doc: str, argv: list[str] | None) -> tuple[ProjectPaths, Params]:
+    """Parse --project/-v, set up logging, open the project and lock it for this stage: a second
+    stage on the same project (two `bert4rec train_val`, say) stops at once."""
     args = stage_parser(stage, doc).parse_args(argv)
     configure_logging(args.verbose)
     paths, params = open_project(args.project)
+    worker = os.environ.get("TF_CONFIG") and cluster_index()
+    lock = paths.root / (f".bert4rec-worker-{worker}.lock" if worker else ".bert4rec.lock")
+    hold_lock(lock, f"`bert4rec {stage}`", f"project {paths.root} is busy")
     tracking.warm_up(paths)
     return paths, params
+
+
+def cluster_index() -> str:
+    """This process's task in TF_CONFIG (workers of a cluster on one machine share a project)."""
+    try:
+        task = json.loads(os.environ["TF_CONFIG"])["task"]
+        return f"{task['type']}-{task['index']}"
+    except (ValueError, KeyError, TypeError):
+        return "unknown"
 
 
 def user_ids(paths: ProjectPaths) -> pa.Array:

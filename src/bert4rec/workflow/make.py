@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from bert4rec.errors import UserError
+from bert4rec.fileio import hold_lock
 from bert4rec.workflow import dvcyaml, projects, tracking, vcs
 
 STAGES = ("raw", "tfrecord", "train_val", "test", "inference")
@@ -26,6 +27,11 @@ def run_stage(root: Path, stage: str, force: bool = False) -> int:
     if stage not in STAGES:
         raise UserError(f"unknown stage '{stage}'; stages: {', '.join(STAGES)}")
     vcs.require_repo(root)
+    hold_lock(root / ".dvc" / "tmp" / "bert4rec-run.lock", f"`make {stage}`", "the repository is busy")
+    holder = vcs.dvc_lock_holder(root)
+    if holder:
+        raise UserError(f"the repository is busy: a DVC command (pid {holder}) holds .dvc/tmp/lock; "
+                        "wait for it to finish or stop it")
     name, params = projects.load_active(root)  # unknown project / invalid params fail here
     tracking.load_env(root)
     if tracking.enabled():

@@ -6,6 +6,7 @@ Keeping every call here means one place decides what gets committed (code, param
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -168,6 +169,21 @@ def dvc_hash(pointer: Path) -> str | None:
     data = yaml.safe_load(pointer.read_text()) or {}
     outs = data.get("outs") or [{}]
     return outs[0].get("md5")
+
+
+def dvc_lock_holder(root: Path) -> str | None:
+    """The PID in DVC's repository lock (.dvc/tmp/lock) while another DVC process holds it."""
+    path = root / ".dvc" / "tmp" / "lock"
+    if not path.exists():
+        return None
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            return handle.read().strip() or "unknown"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
 
 
 def repro(root: Path, stage: str | None, force: bool, env: dict) -> int:
