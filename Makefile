@@ -9,7 +9,7 @@ B4R := $(BIN)/bert4rec
 STAGES := raw tfrecord train_val test inference
 F ?=
 PORT ?= 5000
-.PHONY: help install check browser $(STAGES) project use pipeline ui demo bench-data
+.PHONY: help install check check-faults browser $(STAGES) project use pipeline ui demo bench-data
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ install: ## create .venv with the pinned dependencies (requirements.lock) and th
 
 check: | $(B4R) browser ## run the test suite (installs first on a fresh clone; the test *stage* is `make test`)
 	$(BIN)/python -m pytest -q
+
+check-faults: | $(B4R) ## the slow fault tests: killed runs, concurrent runs, outages (also run by CI)
+	$(BIN)/python -m pytest -q -m faults
 
 browser: ## headless Chromium for the MLflow UI test: installed with apt-get when missing (as root), else how to
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \

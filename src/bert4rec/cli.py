@@ -24,6 +24,7 @@ COMMANDS = {
     "pipeline": ("bert4rec.workflow.projects:main_pipeline", "render dvc.yaml for the active project from config/pipeline.yaml"),
     "run": ("bert4rec.workflow.make", "git commit/push + MLflow parent run + dvc repro <stage> + commit dvc.lock + dvc push"),
     "ui": ("bert4rec.workflow.make:main_ui", "serve the MLflow UI of the local store on 127.0.0.1"),
+    "sync": ("bert4rec.workflow.make:main_sync", "send what runs kept while the tracking server was down"),
     "demo": ("bert4rec.tools.demo", "MovieLens-1M (download + checksum, or --data FILE) through inference"),
     "synth": ("bert4rec.tools.synthetic", "write a deterministic synthetic dataset (for tests and demos)"),
     "bench-data": ("bert4rec.tools.bench_data", "time raw+tfrecord on ML-1M and a large synthetic log"),

@@ -62,7 +62,7 @@ def run_stage(root: Path, stage: str, force: bool = False) -> int:
     children = tracking.finish_parent(
         root, parent, ok=True, tags={"git_commit_outputs": outputs_commit, "git_dirty_after": str(vcs.is_dirty(root)).lower()}
     )
-    if parent:
+    if parent and children is not None:
         say(f"mlflow: {len(children)} stage run(s) recorded under {parent}")
     say(vcs.dvc_push(root))
     return 0
@@ -95,3 +95,12 @@ def main_ui(argv: list[str] | None = None) -> int:
         return subprocess.call(command)
     except KeyboardInterrupt:
         return 0
+
+
+def main_sync(argv: list[str] | None = None) -> int:
+    """Send to the tracking server what stage runs kept while it was down (.mlflow-pending/)."""
+    argparse.ArgumentParser(prog="bert4rec sync", description=main_sync.__doc__).parse_args(argv)
+    root = Path.cwd()
+    sent = tracking.sync(root)
+    print(f"sent {sent} run(s) kept while the tracking server was down" if sent else "nothing pending")
+    return 0

@@ -15,17 +15,21 @@ projects/<name>/config/config_mlflow.yaml, as the predecessor's users expect.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
 from typing import Iterator
 
+import psutil
 import yaml
 
 from bert4rec.errors import UserError
@@ -38,6 +42,7 @@ SWITCH = "BERT4REC_TRACKING"
 PARENT_RUN = "BERT4REC_PARENT_RUN_ID"  # set by `bert4rec run` (the Makefile) around `dvc repro`
 RUNS_FILE = Path("config") / "config_mlflow.yaml"
 
+log = logging.getLogger("bert4rec.tracking")
 _run = None
 _warm_up: tuple[threading.Thread, dict] | None = None
 
@@ -110,6 +115,8 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 
 
 def _client(root: Path):
+    for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+        os.environ.setdefault(name, value)  # a server gone mid-run is noticed in seconds, not minutes
     import mlflow
 
     for name in ("mlflow", "alembic"):  # store migrations and start-up notices are not for users
@@ -162,15 +169,45 @@ def _warm_experiment_id(root: Path, name: str) -> str:
 def _experiment_id(root: Path, name: str) -> str:
     """One experiment per project, created once; local stores keep artifacts in mlartifacts/."""
     client = _client(root)
+    replay_pending(root, client)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+        close_dead_runs(client, experiment.experiment_id)
         return experiment.experiment_id
     location = None
     if not uri_for_root(root).startswith(("http://", "https://")):
         location = (root.resolve() / "mlartifacts").as_uri()
     return client.create_experiment(name, artifact_location=location)
+
+
+# ---------------------------------------------------------------- runs left behind by killed processes
+
+def process_tags() -> dict[str, str]:
+    """Who owns a run: a later run on this host marks it KILLED once that process is gone."""
+    return {"bert4rec_host": socket.gethostname(), "bert4rec_pid": str(os.getpid()),
+            "bert4rec_process_start": f"{psutil.Process().create_time():.3f}"}
+
+
+def _alive(tags: dict) -> bool:
+    try:
+        started = psutil.Process(int(tags["bert4rec_pid"])).create_time()
+        return abs(started - float(tags["bert4rec_process_start"])) < 1.0  # not a reused pid
+    except (psutil.Error, KeyError, ValueError):
+        return False
+
+
+def close_dead_runs(client, experiment_id: str) -> None:
+    """Runs of this host still RUNNING although their process died (killed): marked KILLED."""
+    host = socket.gethostname()
+    running = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                                                                f"tags.bert4rec_host = '{host}'")
+    for run in running:
+        if not _alive(run.data.tags):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            log.warning("MLflow run %s (%s, pid %s) was left RUNNING by a process that is gone; marked KILLED",
+                        run.info.run_id, run.data.tags.get("mlflow.runName", "?"), run.data.tags.get("bert4rec_pid"))
 
 
 def git_tags(root: Path) -> dict[str, str]:
@@ -241,16 +278,21 @@ def _mlflow_run(stage: str, paths: ProjectPaths, params: Params, sections: tuple
     if model_name:
         logged["model_name"] = model_name
     parent = os.environ.get(PARENT_RUN) or None
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent, tags=run_tags) as run:
-        _run = run
-        try:
-            mlflow.log_params({k: str(v)[:6000] for k, v in flatten(logged).items()})
-            if dataset_hash:
-                _log_dataset(paths, params.raw.input, dataset_hash, stage)
-            _record_run(paths, stage, mlflow.get_run(run.info.run_id), experiment)
-            yield
-        finally:
-            _run = None
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent,
+                           tags={**run_tags, **process_tags()})
+    global _run_root
+    _run, _run_root, status = run, root, "FAILED"
+    try:
+        mlflow.log_params({k: str(v)[:6000] for k, v in flatten(logged).items()})
+        if dataset_hash:
+            _log_dataset(paths, params.raw.input, dataset_hash, stage)
+        _record_run(paths, stage, mlflow.get_run(run.info.run_id), experiment)
+        yield
+        status = "FINISHED"
+    finally:
+        _send({"kind": "end", "status": status}, lambda: mlflow.end_run(status))
+        _run = None
+        _close_journal()
 
 
 def _log_dataset(paths: ProjectPaths, raw_input: str, dataset_hash: str, stage: str) -> None:
@@ -268,7 +310,8 @@ def log_metrics(metrics: dict, step: int | None = None) -> None:
     import mlflow
 
     numeric = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    mlflow.log_metrics(numeric, step=step)
+    entry = {"kind": "metrics", "metrics": numeric, "step": step, "timestamp": int(time.time() * 1000)}
+    _send(entry, lambda: mlflow.log_metrics(numeric, step=step))
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
@@ -277,10 +320,9 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     import mlflow
 
     path = Path(path)
-    if path.is_dir():
-        mlflow.log_artifacts(str(path), artifact_path)
-    else:
-        mlflow.log_artifact(str(path), artifact_path)
+    call = (lambda: mlflow.log_artifacts(str(path), artifact_path)) if path.is_dir() else \
+        (lambda: mlflow.log_artifact(str(path), artifact_path))
+    _send({"kind": "artifact", "file": str(path), "artifact_path": artifact_path}, call)
 
 
 def set_tags(tags: dict) -> None:
@@ -288,7 +330,8 @@ def set_tags(tags: dict) -> None:
         return
     import mlflow
 
-    mlflow.set_tags(tags)
+    tags = {k: str(v) for k, v in tags.items()}
+    _send({"kind": "tags", "tags": tags}, lambda: mlflow.set_tags(tags))
 
 
 # ---------------------------------------------------------------- parent run (make <stage>)
@@ -303,25 +346,42 @@ def start_parent(root: Path, project: str, target: str, tags: dict) -> str | Non
         _experiment_id(root, experiment),
         run_name=f"make {target}",
         tags={"project": project, "stage": target, "experiment_name": experiment, "kind": "pipeline",
-              **git_tags(root), **{k: str(v) for k, v in tags.items()}},
+              **git_tags(root), **process_tags(), **{k: str(v) for k, v in tags.items()}},
     )
     return run.info.run_id
 
 
-def finish_parent(root: Path, run_id: str | None, ok: bool, tags: dict) -> list[str]:
-    """Close the parent run; the commit holding the new dvc.lock is tagged on it and its children."""
+def finish_parent(root: Path, run_id: str | None, ok: bool, tags: dict) -> list[str] | None:
+    """Close the parent run; the commit holding the new dvc.lock is tagged on it and its children.
+    With the server gone, this is kept for later (.mlflow-pending) and None is returned."""
     if run_id is None:
         return []
-    client = _client(root)
-    runs = client.search_runs(
-        [client.get_run(run_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
-    )
-    children = [r.info.run_id for r in runs]
-    for rid in [run_id, *children]:
-        for key, value in tags.items():
-            client.set_tag(rid, key, str(value))
-    client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
-    return children
+    tags, status = {k: str(v) for k, v in tags.items()}, "FINISHED" if ok else "FAILED"
+    try:
+        client = _client(root)
+        children = _children(client, run_id)
+        for rid in [run_id, *children]:
+            for key, value in tags.items():
+                client.set_tag(rid, key, value)
+        client.set_terminated(run_id, status=status)
+        return children
+    except Exception as error:  # MLflow wraps connection errors in its own exception types
+        if not (isinstance(error, UserError) or _unreachable(error)):
+            raise
+        folder = root / PENDING / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "journal.jsonl", "a") as handle:
+            for entry in ({"kind": "family_tags", "tags": tags}, {"kind": "end", "status": status}):
+                handle.write(json.dumps(entry) + "\n")
+        log.warning("MLflow tracking server unreachable while closing run %s; kept in %s for the next command "
+                    "that reaches it (or `bert4rec sync`)", run_id, folder)
+        return None
+
+
+def _children(client, run_id: str) -> list[str]:
+    experiment = client.get_run(run_id).info.experiment_id
+    runs = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    return [r.info.run_id for r in runs]
 
 
 # ---------------------------------------------------------------- the model, loadable from MLflow
@@ -344,10 +404,14 @@ def _pyfunc_class():
     return Bert4RecPyfunc
 
 
-def log_model(model_dir: str | Path, name: str = "model") -> str | None:
+def log_model(model_dir: str | Path, name: str = "model") -> None:
     """Log models/<name>/ (without resumable checkpoints) as a pyfunc that loads back from MLflow."""
-    if _run is None:
-        return None
+    if _run is not None:
+        _send({"kind": "model", "folder": str(Path(model_dir).resolve()), "name": name},
+              lambda: _log_pyfunc(Path(model_dir), name))
+
+
+def _log_pyfunc(model_dir: Path, name: str) -> None:
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -359,4 +423,104 @@ def log_model(model_dir: str | Path, name: str = "model") -> str | None:
         info = mlflow.pyfunc.log_model(name=name, python_model=_pyfunc_class()(),
                                        artifacts={"model_dir": str(copy)}, pip_requirements=[])
     mlflow.set_tag("model_uri", info.model_uri)
-    return info.model_uri
+
+
+# ---------------------------------------------------------------- a tracking server that stops mid-run
+#
+# When the server stops answering during a stage, the stage carries on (its outputs are what
+# matters); everything it would still have sent is kept in .mlflow-pending/<run id>/ at the
+# repository root and sent by the next command that reaches the server (any stage, `make
+# <stage>`, or `bert4rec sync`). A run whose journal never got its end is then marked KILLED.
+
+PENDING = Path(".mlflow-pending")
+_journal: Path | None = None
+_run_root = Path(".")  # the repository of the open run
+
+
+def _unreachable(error: Exception) -> bool:
+    """A connection problem (worth keeping the call for later), not a refused request."""
+    import requests
+
+    if isinstance(error, (requests.exceptions.RequestException, ConnectionError, TimeoutError)):
+        return True
+    text = str(error)
+    return any(word in text for word in ("Max retries exceeded", "Connection refused", "ConnectionError",
+                                         "Failed to establish", "timed out", "RemoteDisconnected"))
+
+
+def _send(entry: dict, call) -> None:
+    """Make an MLflow call; once the server has stopped answering, journal the entry instead."""
+    global _journal
+    if _journal is None:
+        try:
+            call()
+            return
+        except Exception as error:  # MLflow wraps connection errors in its own exception types
+            if not _unreachable(error):
+                raise
+            _journal = _open_journal(error)
+    if entry["kind"] == "artifact":
+        entry = {**entry, "file": _keep_copy(Path(entry["file"]))}
+    with open(_journal / "journal.jsonl", "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def _open_journal(error: Exception) -> Path:
+    folder = _run_root / PENDING / _run.info.run_id
+    (folder / "files").mkdir(parents=True, exist_ok=True)
+    log.warning("MLflow tracking server stopped answering (%s); the stage goes on and keeps its outputs; what "
+                "it would have sent is kept in %s and sent by the next command that reaches the server "
+                "(or `bert4rec sync`)", str(error).splitlines()[0][:200], folder)
+    return folder
+
+
+def _keep_copy(path: Path) -> str:
+    """Artifacts are copied at once: the stage may overwrite the files before the replay."""
+    target = _journal / "files" / f"{len(list((_journal / 'files').iterdir())):04d}-{path.name}"
+    (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
+    return str(target)
+
+
+def _close_journal() -> None:
+    global _journal
+    _journal = None
+
+
+def sync(root: Path) -> int:
+    """`bert4rec sync`: send what runs missed while the tracking server was down."""
+    return replay_pending(root, _client(root)) if enabled() else 0
+
+
+def replay_pending(root: Path, client) -> int:
+    """Send every journaled run's entries to the server; returns how many runs were completed."""
+    folders = sorted((root / PENDING).iterdir()) if (root / PENDING).is_dir() else []
+    for folder in folders:
+        _replay(client, folder.name, [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()])
+        shutil.rmtree(folder)
+        log.info("sent what MLflow run %s missed while the tracking server was down", folder.name)
+    return len(folders)
+
+
+def _replay(client, run_id: str, entries: list[dict]) -> None:
+    import mlflow
+    from mlflow.entities import Metric
+
+    status = "KILLED"  # no end in the journal: the process died before the stage finished
+    for entry in entries:
+        kind = entry["kind"]
+        if kind == "metrics":
+            client.log_batch(run_id, metrics=[Metric(k, v, entry["timestamp"], entry["step"] or 0)
+                                              for k, v in entry["metrics"].items()])
+        elif kind in ("tags", "family_tags"):  # family: the run and its children (a `make` parent run)
+            for rid in [run_id, *(_children(client, run_id) if kind == "family_tags" else [])]:
+                for key, value in entry["tags"].items():
+                    client.set_tag(rid, key, value)
+        elif kind == "artifact":
+            path = Path(entry["file"])
+            (client.log_artifacts if path.is_dir() else client.log_artifact)(run_id, str(path), entry["artifact_path"])
+        elif kind == "model" and Path(entry["folder"]).is_dir():
+            with mlflow.start_run(run_id=run_id):
+                _log_pyfunc(Path(entry["folder"]), entry["name"])
+        elif kind == "end":
+            status = entry["status"]
+    client.set_terminated(run_id, status=status)
