@@ -103,8 +103,14 @@ class ModelParams(Section):
         return self
 
 
+Objective = Literal["masked", "causal"]
+
+
 class TrainValParams(Section):
     model_name: str | None = None  # None = generated from the hyperparameters
+    # masked: BERT4Rec's cloze task over a bidirectional encoder; causal: SASRec-style, left-to-right
+    # attention and the next item predicted at every position
+    objective: Objective = "masked"
     model: ModelParams = ModelParams()
     loss: Literal["full_softmax", "sampled_softmax"] = "full_softmax"
     num_negatives: int = Field(1024, gt=0)
@@ -171,7 +177,8 @@ def default_model_name(params: Params) -> str:
     `dvc exp run -S train_val.num_train_steps=200`) keep the model folder the pipeline declares.
     """
     t, m = params.tfrecord, params.train_val.model
-    return f"hs{m.hidden_size}_l{m.num_hidden_layers}_msl{t.max_seq_length}_mpps{t.max_predictions_per_seq}"
+    name = f"hs{m.hidden_size}_l{m.num_hidden_layers}_msl{t.max_seq_length}"
+    return f"{params.train_val.objective}_{name}" + (f"_mpps{t.max_predictions_per_seq}" if params.train_val.objective == "masked" else "")
 
 
 # Keys that earlier versions accepted: the error says what replaced them.

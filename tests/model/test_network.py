@@ -84,3 +84,35 @@ def test_popularity_sampler_gives_specials_no_mass():
     probability = np.exp(log_q)
     assert probability[:FIRST_ITEM].max() < 1e-30
     np.testing.assert_allclose(probability[FIRST_ITEM:], [0.75, 0.25], rtol=1e-6)
+
+
+def test_the_causal_encoder_hides_later_items():
+    keras.utils.set_random_seed(0)
+    causal = build_model(NUM_TOKENS, PARAMS, causal=True)
+    ids, _, _ = batch()
+    changed = ids.numpy().copy()
+    changed[:, 8] = (changed[:, 8] + 1 - FIRST_ITEM) % (NUM_TOKENS - FIRST_ITEM) + FIRST_ITEM
+    before, after = causal.encode(ids).numpy(), causal.encode(tf.constant(changed)).numpy()
+    real = ids.numpy()[:, :8] != PAD  # (padding positions' outputs are never read)
+    np.testing.assert_array_equal(before[:, :8][real], after[:, :8][real])  # earlier items cannot see position 8
+    assert not np.allclose(before[:, 8:], after[:, 8:])
+    last = causal.encode(ids, last_only=True).numpy()[:, -1]
+    np.testing.assert_allclose(before[:, -1], last, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_loss_is_next_item_cross_entropy_over_real_positions():
+    from bert4rec.model.loss import causal_item_loss
+
+    keras.utils.set_random_seed(0)
+    causal = build_model(NUM_TOKENS, PARAMS, causal=True)
+    windows, _, _ = batch()
+    windows = windows.numpy()
+    windows[windows == MASK] = FIRST_ITEM
+    loss = float(causal_item_loss(causal, tf.constant(windows), training=False))
+    inputs, labels = windows[:, :-1], windows[:, 1:]
+    logits = causal.logits(causal.transform(causal.encode(tf.constant(inputs)))).numpy()[..., FIRST_ITEM:]
+    logits -= logits.max(-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    used = (inputs != PAD) & (labels != PAD)
+    picked = np.take_along_axis(log_probs, (labels - FIRST_ITEM).clip(0)[..., None], -1)[..., 0]
+    assert loss == pytest.approx(-picked[used].mean(), rel=1e-4)

@@ -167,3 +167,26 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     assert read_json(model_dir(project, "m") / "valid_metrics.json", "metrics") == expected
     first, second = np.load(model_dir(whole, "m") / "weights.npz"), np.load(model_dir(project, "m") / "weights.npz")
     assert all(np.array_equal(first[key], second[key]) for key in first.files)
+
+
+def test_causal_objective_learns_the_pattern(tmp_path):
+    project = new_project(tmp_path, model_name="causal", objective="causal", num_train_steps=300, eval_every_steps=300)
+    assert run("train_val", project) == 0
+    valid = read_json(model_dir(project, "causal") / "valid_metrics.json", "valid metrics")
+    assert valid["ndcg_at_10"] > 1.3 * most_popular_valid_ndcg(project), valid["ndcg_at_10"]
+    assert read_json(model_dir(project, "causal") / "model.json", "model")["objective"] == "causal"
+    assert run("inference", project) == 0 and run("test", project) == 0
+
+
+def test_causal_objective_with_sampled_softmax_buckets_and_bfloat16(tmp_path):
+    import keras
+
+    project = new_project(tmp_path, model_name="causal-mix", objective="causal", loss="sampled_softmax",
+                          num_negatives=50, length_buckets=2, mixed_precision="mixed_bfloat16",
+                          num_train_steps=300, eval_every_steps=300)
+    try:
+        assert run("train_val", project) == 0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    valid = read_json(model_dir(project, "causal-mix") / "valid_metrics.json", "valid metrics")
+    assert valid["ndcg_at_10"] > 1.2 * most_popular_valid_ndcg(project), valid["ndcg_at_10"]

@@ -104,8 +104,9 @@ def bucket_lengths(max_seq_length: int, buckets: int) -> list[int]:
 
 def training_batches(manifest: Manifest, batch_size: int, epoch: int, seed: int,
                      buckets: int = 1, worker: int = 0, workers: int = 1, skip: int = 0,
-                     limit: int | None = None, shuffle_buffer: int = 20000):
-    """One epoch of (input_ids, positions, labels) batches, masks drawn for this epoch.
+                     limit: int | None = None, shuffle_buffer: int = 20000, objective: str = "masked"):
+    """One epoch of (input_ids, positions, labels) batches, masks drawn for this epoch; for the
+    causal objective one-element (windows,) batches, unmasked.
 
     Batches hold examples of one length bucket, cut to the bucket width (left padding removed).
     Full batches only, so every step has the same batch size; `limit` cuts the epoch to that many
@@ -144,7 +145,9 @@ def training_batches(manifest: Manifest, batch_size: int, epoch: int, seed: int,
     else:
         dataset = dataset.batch(batch_size, drop_remainder=True)
     dataset = dataset.map(cut)
-    if dynamic:
+    if objective == "causal":
+        dataset = dataset.map(lambda windows: (windows,))
+    elif dynamic:
         epoch_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), epoch)
         dataset = dataset.enumerate().map(
             lambda index, inputs: dynamic_mask(

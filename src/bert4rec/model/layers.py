@@ -32,8 +32,9 @@ class FusedDense(layers.Dense):
 class SelfAttention(layers.Layer):
     """Multi-head self-attention with one fused QKV projection (faster than three on CPU)."""
 
-    def __init__(self, params: ModelParams, **kwargs):
+    def __init__(self, params: ModelParams, causal: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.causal = causal
         self.heads = params.num_attention_heads
         self.head_size = params.hidden_size // params.num_attention_heads
         self.qkv = FusedDense(3 * params.hidden_size, kernel_initializer=initializer(params), name="qkv")
@@ -66,6 +67,9 @@ class SelfAttention(layers.Layer):
                                     (batch, self.heads, length, 1))
         k = ops.concatenate([k, key_bias], axis=-1)
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
+        if self.causal and not last_only:  # position i attends to positions <= i (the last one: to all)
+            ahead = ops.arange(length)[None, :] > ops.arange(length)[:, None]
+            scores = scores + ops.cast(ops.where(ahead, -1e9, 0.0), scores.dtype)
         probs = self.dropout(ops.softmax(scores, axis=-1), training=training)
         context = ops.transpose(ops.matmul(probs, v), (0, 2, 1, 3))
         return self.out(ops.reshape(context, (batch, ops.shape(q)[2], width)))
@@ -78,10 +82,10 @@ class TransformerBlock(layers.Layer):
     through the stack and tolerates larger learning rates; the encoder then ends with one norm.
     """
 
-    def __init__(self, params: ModelParams, **kwargs):
+    def __init__(self, params: ModelParams, causal: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.pre_norm = params.layer_norm == "pre"
-        self.attention = SelfAttention(params, name="attention")
+        self.attention = SelfAttention(params, causal, name="attention")
         self.attention_norm = layers.LayerNormalization(epsilon=1e-6, name="attention_norm")
         self.inner = FusedDense(params.intermediate_size, activation=params.hidden_act,
                                 kernel_initializer=initializer(params), name="inner")

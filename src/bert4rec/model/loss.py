@@ -1,4 +1,4 @@
-"""Training objectives: cross-entropy over the masked positions, full or sampled softmax."""
+"""Training objectives: the masked (cloze) task or the causal next-item task; full or sampled softmax."""
 
 from __future__ import annotations
 
@@ -11,18 +11,32 @@ from bert4rec.model.network import Bert4Rec
 
 def masked_item_loss(model: Bert4Rec, input_ids, positions, labels, loss: str = "full_softmax",
                      negatives=None, log_q=None, training=True):
-    """Mean cross-entropy over the masked positions (label 0 = unused slot).
+    """BERT4Rec's cloze task: mean cross-entropy over the masked positions (label 0 = unused slot).
 
     Only the used slots reach the head and the output layer (short sequences leave many of the
-    max_predictions_per_seq slots empty). full_softmax: against every item. sampled_softmax:
-    against the given `negatives` (shared by the batch) with logQ correction `log_q` (log of
-    each token's sampling probability).
+    max_predictions_per_seq slots empty).
     """
     hidden = model.encode(input_ids, training=training)
     used = labels > PAD
     gathered = tf.boolean_mask(tf.gather(hidden, positions, batch_dims=1), used)  # (used slots, hidden)
-    labels = tf.boolean_mask(labels, used)
-    transformed = model.transform(gathered)
+    return item_cross_entropy(model, model.transform(gathered), tf.boolean_mask(labels, used), loss, negatives, log_q)
+
+
+def causal_item_loss(model: Bert4Rec, windows, loss: str = "full_softmax", negatives=None, log_q=None,
+                     training=True):
+    """SASRec-style: every item of a left-padded window predicts the item after it, from the
+    items up to it (the causal encoder hides the later ones); mean cross-entropy over them."""
+    inputs, labels = windows[:, :-1], windows[:, 1:]
+    hidden = model.encode(inputs, training=training)
+    used = (inputs > PAD) & (labels > PAD)
+    gathered = tf.boolean_mask(hidden, used)
+    return item_cross_entropy(model, model.transform(gathered), tf.boolean_mask(labels, used), loss, negatives, log_q)
+
+
+def item_cross_entropy(model: Bert4Rec, transformed, labels, loss: str, negatives, log_q):
+    """Mean cross-entropy of each row's label. full_softmax: against every item. sampled_softmax:
+    against the given `negatives` (shared by the batch) with logQ correction `log_q` (log of each
+    token's sampling probability)."""
     if loss == "full_softmax":
         logits = model.logits(transformed)
         logits = tf.concat([tf.fill([tf.shape(logits)[0], FIRST_ITEM], -1e9), logits[:, FIRST_ITEM:]], -1)

@@ -17,19 +17,24 @@ from bert4rec.params import ModelParams
 
 
 class Bert4Rec(keras.Model):
-    """Token ids (0 PAD, 1 MASK, items from 2) -> hidden states -> scores over every token."""
+    """Token ids (0 PAD, 1 MASK, items from 2) -> hidden states -> scores over every token.
 
-    def __init__(self, num_tokens: int, params: ModelParams, **kwargs):
+    causal: each position attends only to itself and earlier ones (the SASRec-style objective);
+    the next item is then read at the last item's position instead of a trailing [MASK].
+    """
+
+    def __init__(self, num_tokens: int, params: ModelParams, causal: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.num_tokens = num_tokens
         self.params = params
+        self.causal = causal
         self.item_embedding = layers.Embedding(num_tokens, params.hidden_size,
                                                embeddings_initializer=initializer(params), name="item_embedding")
         self.position_embedding = layers.Embedding(params.max_position_embeddings, params.hidden_size,
                                                    embeddings_initializer=initializer(params), name="position_embedding")
         self.embedding_norm = layers.LayerNormalization(epsilon=1e-6, name="embedding_norm")
         self.dropout = layers.Dropout(params.hidden_dropout_prob)
-        self.blocks = [TransformerBlock(params, name=f"block_{i}") for i in range(params.num_hidden_layers)]
+        self.blocks = [TransformerBlock(params, causal, name=f"block_{i}") for i in range(params.num_hidden_layers)]
         self.head_dense = FusedDense(params.hidden_size, activation=params.hidden_act,
                                      kernel_initializer=initializer(params), name="head_dense")
         self.head_norm = layers.LayerNormalization(epsilon=1e-6, name="head_norm")
@@ -76,7 +81,7 @@ class Bert4Rec(keras.Model):
         return self.logits(self.transform(self.encode(input_ids, training=training, last_only=True)[:, -1]))
 
 
-def build_model(num_tokens: int, params: ModelParams, length: int | None = None) -> Bert4Rec:
-    model = Bert4Rec(num_tokens, params, name="bert4rec")
+def build_model(num_tokens: int, params: ModelParams, length: int | None = None, causal: bool = False) -> Bert4Rec:
+    model = Bert4Rec(num_tokens, params, causal, name="bert4rec")
     model(np.zeros((1, length or params.max_position_embeddings), dtype="int32"))
     return model

@@ -43,7 +43,13 @@ class ModelScorer:
         self.num_tokens = model.num_tokens
 
     def encode(self, input_ids):
-        """(transformed head output, user embedding = encoder output at the last position)."""
+        """(transformed head output, user embedding = encoder output at the last position).
+
+        A causal model reads the next item at the last item's position: the trailing [MASK] of
+        the evaluation input is dropped (kept when it is all there is: an empty history).
+        """
+        if self.model.causal:
+            input_ids = tf.cond(tf.shape(input_ids)[1] > 1, lambda: input_ids[:, :-1], lambda: input_ids)
         hidden = self.model.encode(input_ids, training=False, last_only=True)[:, -1]
         return self.model.transform(hidden), tf.cast(hidden, tf.float32)
 

@@ -24,7 +24,7 @@ from bert4rec.data.manifest import Manifest
 from bert4rec.errors import UserError
 from bert4rec.fileio import atomic_file, read_typed, write_typed
 from bert4rec.model.network import build_model
-from bert4rec.params import ModelParams, Params, TrainValParams, dump_params
+from bert4rec.params import ModelParams, Objective, Params, TrainValParams, dump_params
 
 CHECKPOINT = re.compile(r"^ckpt-(\d+)\.npz$")
 # train_val keys a run may change and still continue an interrupted or finished run's checkpoints
@@ -43,6 +43,7 @@ class ModelInfo(BaseModel):
     model_name: str
     num_tokens: int
     max_seq_length: int
+    objective: Objective = "masked"
     model: ModelParams
     vocabulary_sha256: str
     trained_steps: int = 0
@@ -121,7 +122,8 @@ def write_model_files(folder: Path, params: Params, info: ModelInfo, vocabulary:
     write_typed(folder / INFO, info)
 
 
-def check_compatible(folder: Path, info: ModelInfo, manifest: Manifest, model: ModelParams | None = None) -> None:
+def check_compatible(folder: Path, info: ModelInfo, manifest: Manifest, model: ModelParams | None = None,
+                     objective: str | None = None) -> None:
     """Refuse a model whose vocabulary or architecture differs from the data/params at hand."""
     if info.vocabulary_sha256 != manifest.vocabulary.sha256:
         raise UserError(
@@ -134,6 +136,9 @@ def check_compatible(folder: Path, info: ModelInfo, manifest: Manifest, model: M
     if info.max_seq_length != manifest.max_seq_length:
         raise UserError(f"{folder / INFO}: model max_seq_length {info.max_seq_length} differs from "
                         f"tfrecord.max_seq_length {manifest.max_seq_length}")
+    if objective is not None and objective != info.objective:
+        raise UserError(f"{folder / INFO}: params contradict the saved model '{folder.name}' (train_val.objective: "
+                        f"saved {info.objective!r}, params {objective!r}); set train_val.model_name to a new name")
     if model is not None:
         saved, wanted = info.model.model_dump(mode="json"), model.model_dump(mode="json")
         changed = [f"train_val.model.{k}: saved {saved.get(k)!r}, params {v!r}" for k, v in wanted.items() if saved.get(k) != v]
@@ -155,7 +160,7 @@ def load_model(folder: Path, manifest: Manifest | None = None):
     info = read_info(folder)
     if manifest is not None:
         check_compatible(folder, info, manifest)
-    model = build_model(info.num_tokens, info.model)
+    model = build_model(info.num_tokens, info.model, causal=info.objective == "causal")
     weights = arrays_to_weights(load_arrays(folder / WEIGHTS, "model weights"), "model/")
     set_model_weights(model, weights, folder / WEIGHTS)
     return model, info

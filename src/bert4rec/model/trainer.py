@@ -23,7 +23,7 @@ from bert4rec.data.manifest import Manifest
 from bert4rec.errors import UserError
 from bert4rec.model import inputs, store
 from bert4rec.model.distribute import Worker, common_step
-from bert4rec.model.loss import masked_item_loss, sampling_log_q
+from bert4rec.model.loss import causal_item_loss, masked_item_loss, sampling_log_q
 from bert4rec.model.network import build_model
 from bert4rec.model.optimizer import LazyAdamW, clip_by_global_norm
 from bert4rec.params import TrainValParams
@@ -107,7 +107,7 @@ class Trainer:
         self.replicas = self.strategy.num_replicas_in_sync
         self.steps_per_epoch = self._common_epoch()
         with self.strategy.scope():
-            self.model = build_model(manifest.num_tokens, params.model)
+            self.model = build_model(manifest.num_tokens, params.model, causal=params.objective == "causal")
             self.optimizer = self._make_optimizer()
         self.log_q = tf.constant(sampling_log_q(item_counts, manifest.num_tokens, params.negative_sampling))
         self.state = LoopState()
@@ -156,14 +156,17 @@ class Trainer:
         params, model, optimizer, strategy = self.params, self.model, self.optimizer, self.strategy
         log_q, replicas = self.log_q, self.replicas
 
-        def replica_step(inputs, positions, labels, step):
+        def replica_step(batch, step):
             negatives = None
             if params.loss == "sampled_softmax":
                 replica = tf.distribute.get_replica_context().replica_id_in_sync_group
                 seed = tf.stack([tf.cast(params.seed, tf.int64), tf.cast(step, tf.int64) * 1024 + tf.cast(replica, tf.int64)])
                 negatives = tf.random.stateless_categorical(log_q[None, :], params.num_negatives, seed, dtype=tf.int32)[0]
             with tf.GradientTape() as tape:
-                loss = masked_item_loss(model, inputs, positions, labels, params.loss, negatives, log_q)
+                if params.objective == "causal":
+                    loss = causal_item_loss(model, *batch, params.loss, negatives, log_q)
+                else:
+                    loss = masked_item_loss(model, *batch, params.loss, negatives, log_q)
                 scaled = loss / replicas
                 if params.mixed_precision == "mixed_float16":
                     scaled = optimizer.scale_loss(scaled)
@@ -175,7 +178,7 @@ class Trainer:
 
         @tf.function(reduce_retracing=True)
         def train_step(batch, step):
-            losses = strategy.run(replica_step, args=(*batch, step))
+            losses = strategy.run(replica_step, args=(batch, step))
             return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
 
         return train_step
@@ -189,7 +192,7 @@ class Trainer:
             return inputs.training_batches(
                 self.manifest, per_replica, epoch, params.seed, params.length_buckets,
                 worker=context.input_pipeline_id, workers=context.num_input_pipelines, skip=skip,
-                limit=self.steps_per_epoch,
+                limit=self.steps_per_epoch, objective=params.objective,
             )
 
         return self.strategy.distribute_datasets_from_function(make)

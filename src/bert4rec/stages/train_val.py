@@ -38,8 +38,11 @@ def check_inputs(paths: ProjectPaths, params: Params, manifest: Manifest, folder
     if model.max_position_embeddings < manifest.max_seq_length:
         raise UserError(f"train_val.model.max_position_embeddings ({model.max_position_embeddings}) is below "
                         f"tfrecord.max_seq_length ({manifest.max_seq_length})")
+    if params.train_val.objective == "causal" and manifest.masking != "dynamic":
+        raise UserError(f"{manifest.path}: train_val.objective causal needs tfrecord.masking: dynamic (static "
+                        "records hold masked copies; the causal task needs the plain windows); rerun tfrecord")
     if (folder / store.INFO).exists():
-        store.check_compatible(folder, store.read_info(folder), manifest, model)
+        store.check_compatible(folder, store.read_info(folder), manifest, model, params.train_val.objective)
 
 
 def checkpoint_dir(paths: ProjectPaths, params: Params, manifest: Manifest, worker: Worker) -> Path:
@@ -92,7 +95,7 @@ def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
     if trainer.resume(area, paths.model_dir(name) / "checkpoints"):
         log.info("resumed %s from step %d", name, trainer.state.step)
     info = store.ModelInfo(model_name=name, num_tokens=manifest.num_tokens, max_seq_length=manifest.max_seq_length,
-                           model=tv.model, vocabulary_sha256=manifest.vocabulary.sha256)
+                           objective=tv.objective, model=tv.model, vocabulary_sha256=manifest.vocabulary.sha256)
     store.write_model_files(folder, params, info, paths.item_vocab)
     validate = recommend.Validation(manifest, tv.eval_batch_size, tv.validation_users, tv.seed)
 
