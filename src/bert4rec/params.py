@@ -134,6 +134,7 @@ class TrainValParams(Section):
     training_time_limit_seconds: float | None = Field(None, gt=0)
     distribution: Literal["default", "mirrored", "multi_worker_mirrored"] = "default"
     mixed_precision: Literal["off", "mixed_bfloat16", "mixed_float16"] = "off"
+    jit_compile: bool = False  # the encoder's forward and backward pass compiled by XLA
     deterministic_ops: bool = False
     seed: int = Field(42, ge=0)
 

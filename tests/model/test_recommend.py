@@ -102,8 +102,21 @@ def test_chunked_scan_equals_one_pass_over_the_catalogue(chunk_items, items, see
     assert found.sum(1).tolist() == np.minimum(7, [items - len(set(r) | {0, 1}) for r in seen.tolist()]).tolist()
 
 
-def test_baseline_scores_keep_the_float64_order():
-    popularity = np.array([0.0, 0.0, 5.0, 5.0 - 1e-9, 7.0, 1e6, 1e6 - 2e-9])
-    scores = recommend.baseline_scores(popularity)
-    assert np.argsort(-scores, kind="stable").tolist() == np.argsort(-popularity, kind="stable").tolist()
-    assert len(set(scores.tolist())) == len(scores)
+@pytest.mark.parametrize("chunk_items", [7, 1000])
+def test_the_popularity_ranking_equals_the_scan_over_constant_scores(chunk_items):
+    rng = np.random.default_rng(chunk_items)
+    popularity = np.round(rng.random(60) * 5)  # ties, broken by token order
+    popularity[:FIRST_ITEM] = 0
+    order = FIRST_ITEM + np.argsort(-popularity[FIRST_ITEM:], kind="stable")
+    scores = np.zeros(60, np.float32)
+    scores[order] = -np.arange(len(order))  # the same ranking as constant scores
+    seen = rng.integers(0, 60, size=(25, 9)).astype(np.int32)
+    targets = rng.integers(FIRST_ITEM, 60, size=25).astype(np.int32)
+    negatives = np.array([rng.choice(sorted(set(range(FIRST_ITEM, 60)) - set(row) - {t}), 4, replace=False)
+                          for row, t in zip(seen.tolist(), targets.tolist())], np.int32)  # as the protocol draws
+    fast = recommend.PopularityRecommender(popularity)(np.zeros((25, 1), np.int32), seen, targets, negatives, k=6)
+    scan = recommend_rows(np.tile(scores, (25, 1)), np.arange(25)[:, None], seen, targets, k=6,
+                          chunk_items=chunk_items, negatives=negatives)
+    assert fast["rank"].tolist() == scan["rank"].tolist()
+    assert fast["sampled_rank"].tolist() == scan["sampled_rank"].tolist()
+    assert fast["tokens"].tolist() == scan["tokens"].tolist()

@@ -35,6 +35,5 @@ def new_project(root, **train_val):
 
 def most_popular_valid_ndcg(project):
     manifest = Manifest.read(project / "data" / "processed" / "records")
-    scores = recommend.baseline_scores(recommend.history_popularity(manifest, "valid"))
-    baseline = recommend.Recommender(recommend.StaticScorer(scores))
+    baseline = recommend.PopularityRecommender(recommend.history_popularity(manifest, "valid"))
     return recommend.evaluate({"popular": baseline}, manifest, "valid", 512)["popular"].result()["ndcg_at_10"]

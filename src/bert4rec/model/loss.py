@@ -10,24 +10,24 @@ from bert4rec.model.network import Bert4Rec
 
 
 def masked_item_loss(model: Bert4Rec, input_ids, positions, labels, loss: str = "full_softmax",
-                     negatives=None, log_q=None, training=True):
+                     negatives=None, log_q=None, training=True, encode=None):
     """BERT4Rec's cloze task: mean cross-entropy over the masked positions (label 0 = unused slot).
 
     Only the used slots reach the head and the output layer (short sequences leave many of the
-    max_predictions_per_seq slots empty).
+    max_predictions_per_seq slots empty). `encode`: the model's encoder, compiled or not.
     """
-    hidden = model.encode(input_ids, training=training)
+    hidden = (encode or model.encode)(input_ids, training=training)
     used = labels > PAD
     gathered = tf.boolean_mask(tf.gather(hidden, positions, batch_dims=1), used)  # (used slots, hidden)
     return item_cross_entropy(model, model.transform(gathered), tf.boolean_mask(labels, used), loss, negatives, log_q)
 
 
 def causal_item_loss(model: Bert4Rec, windows, loss: str = "full_softmax", negatives=None, log_q=None,
-                     training=True):
+                     training=True, encode=None):
     """SASRec-style: every item of a left-padded window predicts the item after it, from the
     items up to it (the causal encoder hides the later ones); mean cross-entropy over them."""
     inputs, labels = windows[:, :-1], windows[:, 1:]
-    hidden = model.encode(inputs, training=training)
+    hidden = (encode or model.encode)(inputs, training=training)
     used = (inputs > PAD) & (labels > PAD)
     gathered = tf.boolean_mask(hidden, used)
     return item_cross_entropy(model, model.transform(gathered), tf.boolean_mask(labels, used), loss, negatives, log_q)

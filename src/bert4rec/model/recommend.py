@@ -61,30 +61,46 @@ class ModelScorer:
         return tf.linalg.diag_part(self.model.logits(state, tokens=tokens))
 
 
-class StaticScorer:
-    """The same scores for every user (the most-popular baseline)."""
-
-    def __init__(self, scores: np.ndarray):
-        self.scores = tf.constant(np.asarray(scores, dtype=np.float32))
-        self.num_tokens = len(scores)
-
-    def encode(self, input_ids):
-        rows = tf.shape(input_ids)[0]
-        return tf.zeros([rows, 0]), tf.zeros([rows, 0])
-
-    def chunk(self, state, start: int, size: int):
-        return tf.broadcast_to(self.scores[start:start + size][None, :], [tf.shape(state)[0], size])
-
-    def at(self, state, tokens):
-        return tf.gather(self.scores, tokens)
+def _is_seen(tokens: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Whether tokens[b, i] is among seen[b] (rows sorted): one search over (row, token) keys."""
+    rows = np.arange(len(tokens), dtype=np.int64)[:, None]
+    span = np.int64(max(int(tokens.max(initial=0)), int(seen.max(initial=0))) + 2)
+    keys = (rows * span + seen + 1).reshape(-1)  # sorted: rows ascend, each row ascends
+    wanted = (rows * span + tokens + 1).reshape(-1)
+    where = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return (keys[where] == wanted).reshape(tokens.shape) if len(keys) else np.zeros(tokens.shape, bool)
 
 
-def baseline_scores(popularity: np.ndarray) -> np.ndarray:
-    """float32 scores that order the items exactly as the float64 popularity does (-rank)."""
-    order = np.argsort(-np.asarray(popularity, dtype=np.float64), kind="stable")
-    scores = np.empty(len(order), dtype=np.float32)
-    scores[order] = -np.arange(len(order), dtype=np.float32)
-    return scores
+class PopularityRecommender:
+    """The most-popular baseline: one ranking of the items for everyone, so a target's rank and
+    the top-k come from positions in that ranking, not from scoring the catalogue per user
+    (the same results as the chunked scan over constant scores, at a cost of seen items per user)."""
+
+    def __init__(self, popularity: np.ndarray):
+        popularity = np.asarray(popularity, dtype=np.float64)
+        self.order = FIRST_ITEM + np.argsort(-popularity[FIRST_ITEM:], kind="stable")  # items, best first
+        self.position = np.full(len(popularity), len(popularity), dtype=np.int64)  # specials: never candidates
+        self.position[self.order] = np.arange(len(self.order))
+
+    def __call__(self, input_ids, seen, targets=None, negatives=None, k: int = 10) -> dict[str, np.ndarray]:
+        batch = len(input_ids)
+        seen = np.sort(np.where(np.asarray(seen) < FIRST_ITEM, -1, seen), axis=1)
+        seen = np.sort(np.where(np.diff(seen, axis=1, prepend=-2) == 0, -1, seen), axis=1)  # each item once
+        targets = np.zeros(batch, np.int64) if targets is None else np.asarray(targets, np.int64)
+        at = self.position[targets][:, None]
+        seen_position = np.where(seen >= FIRST_ITEM, self.position[np.maximum(seen, 0)], len(self.position))
+        rank = at[:, 0] - ((seen_position < at) & (seen != targets[:, None])).sum(1)
+        sampled = np.zeros(batch, np.int64)
+        if negatives is not None and negatives.size:
+            sampled = (self.position[negatives] < at).sum(1)
+        k = min(k, len(self.order))
+        candidates = self.order[:k + seen.shape[1]]
+        fresh = ~_is_seen(np.broadcast_to(candidates, (batch, len(candidates))), seen)
+        pick = np.argsort(~fresh, axis=1, kind="stable")[:, :k]  # the first k unseen, in ranking order
+        tokens = candidates[pick]
+        scores = np.where(np.take_along_axis(fresh, pick, 1), -self.position[tokens].astype(np.float32), -np.inf)
+        return {"tokens": tokens, "scores": scores, "rank": rank, "sampled_rank": sampled,
+                "embedding": np.zeros((batch, 0), np.float32)}
 
 
 def _merge_top(best_scores, best_tokens, scores, tokens, k):

@@ -155,6 +155,8 @@ class Trainer:
     def _make_step(self):
         params, model, optimizer, strategy = self.params, self.model, self.optimizer, self.strategy
         log_q, replicas = self.log_q, self.replicas
+        # XLA fuses the encoder's many small element-wise ops; one compilation per batch width
+        encode = tf.function(model.encode, jit_compile=True) if params.jit_compile else None
 
         def replica_step(batch, step):
             negatives = None
@@ -163,10 +165,8 @@ class Trainer:
                 seed = tf.stack([tf.cast(params.seed, tf.int64), tf.cast(step, tf.int64) * 1024 + tf.cast(replica, tf.int64)])
                 negatives = tf.random.stateless_categorical(log_q[None, :], params.num_negatives, seed, dtype=tf.int32)[0]
             with tf.GradientTape() as tape:
-                if params.objective == "causal":
-                    loss = causal_item_loss(model, *batch, params.loss, negatives, log_q)
-                else:
-                    loss = masked_item_loss(model, *batch, params.loss, negatives, log_q)
+                objective = causal_item_loss if params.objective == "causal" else masked_item_loss
+                loss = objective(model, *batch, params.loss, negatives, log_q, encode=encode)
                 scaled = loss / replicas
                 if params.mixed_precision == "mixed_float16":
                     scaled = optimizer.scale_loss(scaled)

@@ -8,6 +8,7 @@ listed in TF_CONFIG split the users; their ranks merge exactly (stages/parts.py)
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -36,11 +37,13 @@ def run(paths: ProjectPaths, params: Params) -> dict:
     manifest.shard_files("test")
     popularity = recommend.history_popularity(manifest, "test")
     recommenders = {"model": recommend.Recommender(recommend.ModelScorer(model)),
-                    "most_popular": recommend.Recommender(recommend.StaticScorer(recommend.baseline_scores(popularity)))}
+                    "most_popular": recommend.PopularityRecommender(popularity)}
     worker = cluster_worker()
     sampling = recommend.Sampling(tp.sampled_negatives, popularity, params.train_val.seed + worker.index)
     with tracking.stage_run("test", paths, params, sections=("test",), model_name=name, record=worker.chief):
+        started = time.perf_counter()
         results = recommend.evaluate(recommenders, manifest, "test", tp.batch_size, sampling, worker)
+        seconds = time.perf_counter() - started
         if worker.count > 1:
             results = parts.share_evaluations(out, "test", worker, results)
             if results is None:  # another worker than the chief: its part is written
@@ -55,8 +58,9 @@ def run(paths: ProjectPaths, params: Params) -> dict:
         tracking.log_artifact(out / "test_metrics.json")
         if tp.per_user_ranks:
             write_ranks(paths, folder, results["model"].per_user(), out / "test_ranks.parquet")
-    log.info("test %s: ndcg_at_10 %.4f hit_at_10 %.4f (most popular %.4f / %.4f) -> %s", name,
-             result["ndcg_at_10"], result["hit_at_10"], baseline["ndcg_at_10"], baseline["hit_at_10"],
+    log.info("test %s: ndcg_at_10 %.4f hit_at_10 %.4f (most popular %.4f / %.4f); %d users scored in %.1f s "
+             "(%.0f users/s) -> %s", name, result["ndcg_at_10"], result["hit_at_10"], baseline["ndcg_at_10"],
+             baseline["hit_at_10"], result["users"], seconds, result["users"] / max(seconds, 1e-9),
              out / "test_metrics.json")
     return report
 
