@@ -74,6 +74,12 @@ $(B4R):
 bench-data: ## time raw+tfrecord on ML-1M and on a 20M-event synthetic log (writes bench/data.json)
 	$(B4R) bench-data
 
-.PHONY: bench-quality
+.PHONY: bench-quality bench-speed bench-scale
 bench-quality: ## ML-1M quality benchmark: <= 60 min training, test NDCG@10/HR@10 + speed (writes bench/quality.json)
 	$(B4R) bench-quality
+
+bench-speed: ## training speed: the last release's configuration vs today's defaults in one run (bench/speed.json)
+	$(B4R) bench-speed
+
+bench-scale: ## 668,438 items, 1M and 250k synthetic users through all five stages (bench/scale.json)
+	$(B4R) bench-scale

@@ -29,6 +29,8 @@ COMMANDS = {
     "synth": ("bert4rec.tools.synthetic", "write a deterministic synthetic dataset (for tests and demos)"),
     "bench-data": ("bert4rec.tools.bench_data", "time raw+tfrecord on ML-1M and a large synthetic log"),
     "bench-quality": ("bert4rec.tools.bench_quality", "ML-1M quality + speed benchmark of the whole pipeline (<= 60 min training)"),
+    "bench-speed": ("bert4rec.tools.bench_speed", "training speed: the last release's configuration vs the defaults, one run"),
+    "bench-scale": ("bert4rec.tools.bench_scale", "668,438 items, 1M and 250k users through all stages (bench/scale.json)"),
 }
 
 

@@ -1,0 +1,124 @@
+"""Scale benchmark: a synthetic log with the predecessor's 668,438-item catalogue through all five
+stages (time-boxed training, sampled softmax), at 1,000,000 and 250,000 users, so growth with the
+number of users is visible. Each stage runs as its own process; wall time and peak memory per
+stage, training sequences/s, test and inference users/s go to bench/scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import time
+from pathlib import Path
+
+import psutil
+
+from bert4rec.fileio import read_json, write_json
+from bert4rec.tools import synthetic
+from bert4rec.tools.benchkit import run_stage, scratch_project
+
+STAGES = ("raw", "tfrecord", "train_val", "test", "inference")
+TARGETS = {"peak_rss_mb": 8 * 1024, "test_users_per_second": 1000.0, "inference_users_per_second": 1000.0}
+
+
+def settings(minutes: float) -> dict:
+    """Histories average 20 items: 50 positions hold nearly all of them."""
+    return {
+        "tfrecord": {"max_seq_length": 50, "max_predictions_per_seq": 10, "num_shards": 8, "pool_size": 2},
+        "train_val": {"model_name": "scale", "objective": "masked", "loss": "sampled_softmax", "num_negatives": 2048,
+                      "batch_size": 256, "learning_rate": 0.002, "num_warmup_steps": 200, "num_train_steps": 1_000_000,
+                      "training_time_limit_seconds": minutes * 60, "eval_every_steps": 2000,
+                      "save_checkpoints_steps": 2000, "early_stopping_patience": 0, "validation_users": 10_000,
+                      "length_buckets": 4, "model": {"max_position_embeddings": 50}},
+        "test": {"batch_size": 256},
+        "inference": {"batch_size": 256, "top_k": 10},
+    }
+
+
+def synthetic_log(work: Path, users: int, items: int, events_per_user: float) -> Path:
+    data = work / f"synthetic_{users}_{items}.csv"
+    if not data.exists():
+        table = synthetic.generate(users=users, items=items, mean_length=events_per_user, seed=1, max_length=2000,
+                                   zipf=0.8)  # flatter than the default, so most of the catalogue occurs
+        synthetic.write(table, data, "csv")
+    return data
+
+
+def users_per_second(log: Path, stage: str) -> float:
+    """The stage's own timing of its scoring pass (its log line), start-up excluded."""
+    found = re.search(r"\(([0-9.]+) users/s\)", log.read_text())
+    if not found:
+        raise ValueError(f"{log}: no users/s figure from the {stage} stage")
+    return float(found.group(1))
+
+
+def run(work: Path, users: int, items: int, events_per_user: float, minutes: float) -> dict:
+    data = synthetic_log(work, users, items, events_per_user)
+    project = work / f"scale_{users}"
+    shutil.rmtree(project, ignore_errors=True)
+    scratch_project(project, data, settings(minutes))
+    stages = {}
+    for stage in STAGES:
+        stages[stage] = run_stage(stage, project, project / "logs")
+        print(f"  {stage}: {stages[stage]}", flush=True)
+    summary = read_json(project / "data" / "interim" / "raw_summary.json", "raw summary")
+    model = read_json(project / "models" / "scale" / "model.json", "model")
+    test = read_json(project / "results" / "scale" / "test_metrics.json", "test metrics")
+    return {
+        "input": {"users": summary["read"]["users"], "events": summary["read"]["events"],
+                  "items_in_log": summary["read"]["items"], "file_mb": round(data.stat().st_size / 2**20)},
+        "stages": stages,
+        "training": {"steps": model["trained_steps"], "seconds": model["training_seconds"],
+                     "sequences_per_second": model["training_sequences_per_second"]},
+        "test_users_per_second": users_per_second(project / "logs" / "test.log", "test"),
+        "inference_users_per_second": users_per_second(project / "logs" / "inference.log", "inference"),
+        "test": {k: test[k] for k in ("ndcg_at_10", "hit_at_10", "mrr", "users")},
+        "most_popular": {k: test["most_popular"][k] for k in ("ndcg_at_10", "hit_at_10", "mrr")},
+        "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bert4rec bench-scale", description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("bench/scale"))
+    parser.add_argument("--out", type=Path, default=Path("bench/scale.json"))
+    parser.add_argument("--users", type=int, nargs="+", default=[250_000, 1_000_000])
+    parser.add_argument("--items", type=int, default=668_438)
+    parser.add_argument("--events-per-user", type=float, default=20.0)
+    parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 20.0],
+                        help="training budget per size (one value for all, or one per --users)")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    minutes = args.minutes * len(args.users) if len(args.minutes) == 1 else args.minutes
+    started, runs = time.perf_counter(), []
+    for users, budget in zip(args.users, minutes):
+        print(f"{users:,} users, {args.items:,} items, {budget:g} minutes of training ...", flush=True)
+        runs.append({"users": users, "training_minutes": budget, **run(args.work, users, args.items,
+                                                                      args.events_per_user, budget)})
+    result = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30),
+                          "platform": platform.platform()},
+              "runs": runs, "targets": targets(runs), "wall_seconds": round(time.perf_counter() - started)}
+    write_json(args.out, result)
+    print(json.dumps(result["targets"], indent=2))
+    return 0
+
+
+def targets(runs: list[dict]) -> dict:
+    largest = max(runs, key=lambda r: r["users"])
+    out = {key: {"target": target, "measured": largest[key],
+                 "met": largest[key] <= target if key == "peak_rss_mb" else largest[key] >= target}
+           for key, target in TARGETS.items()}
+    beats = largest["test"]["ndcg_at_10"] > largest["most_popular"]["ndcg_at_10"]
+    out["beats_most_popular"] = {"model": largest["test"]["ndcg_at_10"],
+                                 "most_popular": largest["most_popular"]["ndcg_at_10"], "met": beats}
+    if len(runs) > 1:
+        small = min(runs, key=lambda r: r["users"])
+        growth = {stage: round((largest["stages"][stage]["wall_s"] / largest["users"])
+                               / (small["stages"][stage]["wall_s"] / small["users"]), 2)
+                  for stage in ("raw", "tfrecord", "test", "inference")}
+        out["time_per_user_large_vs_small"] = {"ratio": growth, "note": "1.0 = linear in users"}
+    return out
