@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -56,18 +56,20 @@ class LoopState:
     best_step: int = -1
     evals_without_improvement: int = 0
     stopped_early: bool = False
-    history: list = field(default_factory=list)
+    elapsed: float = 0.0  # wall seconds of training so far, across resumes (the time budget's clock)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         scalars = [self.step, self.epoch, self.batch_in_epoch, self.best_step, self.evals_without_improvement,
                    int(self.stopped_early)]
-        return {"state/ints": np.asarray(scalars, dtype=np.int64), "state/best": np.asarray(self.best_metric)}
+        return {"state/ints": np.asarray(scalars, dtype=np.int64), "state/best": np.asarray(self.best_metric),
+                "state/elapsed": np.asarray(self.elapsed)}
 
     @classmethod
     def from_arrays(cls, arrays: dict) -> "LoopState":
         ints = arrays["state/ints"].tolist()
         return cls(step=ints[0], epoch=ints[1], batch_in_epoch=ints[2], best_metric=float(arrays["state/best"]),
-                   best_step=ints[3], evals_without_improvement=ints[4], stopped_early=bool(ints[5]))
+                   best_step=ints[3], evals_without_improvement=ints[4], stopped_early=bool(ints[5]),
+                   elapsed=float(arrays.get("state/elapsed", 0.0)))
 
 
 class Throughput:
@@ -111,6 +113,7 @@ class Trainer:
             self.optimizer = self._make_optimizer()
         self.log_q = tf.constant(sampling_log_q(item_counts, manifest.num_tokens, params.negative_sampling))
         self.state = LoopState()
+        self._clock = time.monotonic()
         self.rate = learning_rate(params, 0)
         self.best_weights = None
         self.throughput = Throughput()
@@ -220,7 +223,7 @@ class Trainer:
 
     def _loop(self, validate) -> LoopState:
         params, state = self.params, self.state
-        started = time.monotonic()
+        started = self._clock = time.monotonic() - state.elapsed  # a resumed run keeps its budget
         validated_at = state.step
         bar = progress(total=params.num_train_steps, initial=state.step, desc="train_val", unit=" steps")
         while not self._finished(started):
@@ -255,6 +258,9 @@ class Trainer:
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
         return state
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._clock
 
     def _out_of_time(self, started: float) -> bool:
         limit = self.params.training_time_limit_seconds
@@ -292,7 +298,8 @@ class Trainer:
         state.stopped_early = bool(patience) and state.evals_without_improvement >= patience
         log.info("step %d: valid ndcg_at_10 %.4f hit_at_10 %.4f on %s (best %.4f at step %d)", state.step,
                  metrics["ndcg_at_10"], metrics["hit_at_10"], validate.label, state.best_metric, state.best_step)
-        self._report({f"valid_{k}": v for k, v in metrics.items()}, "valid")
+        self._report({**{f"valid_{k}": v for k, v in metrics.items()}, "train_seconds": round(self.elapsed(), 1),
+                      "sequences_seen": state.step * self.params.batch_size * self.replicas}, "valid")
         return metrics
 
     def _report(self, metrics: dict, group: str) -> None:
@@ -307,6 +314,7 @@ class Trainer:
         return [v for v in self.model.variables if "seed_generator_state" in v.path]
 
     def save(self) -> Path:
+        self.state.elapsed = self.elapsed()
         arrays = {**store.weights_to_arrays(self.model.get_weights(), "model/"),
                   **store.weights_to_arrays([v.numpy() for v in self.optimizer.variables], "optimizer/"),
                   **store.weights_to_arrays([v.numpy() for v in self._random_states()], "random/"),
