@@ -1,11 +1,19 @@
-"""Atomic writes: a failed stage never leaves a half-written output behind."""
+"""Atomic writes: a failed stage never leaves a half-written output behind.
+
+Every temporary is written beside its target as `.<name>.<pid>-<random>.tmp`, so one whose
+owner was killed (SIGKILL leaves no chance to clean up) is recognisable: the next write into
+the same folder removes it, while a running process's temporaries are left alone. A full disk
+is one error naming the path, with the temporary removed.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -17,6 +25,11 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
 from bert4rec.errors import UserError
+
+TEMPORARY = re.compile(r"^\..+\.(?P<pid>[0-9]+)-\w+\.tmp$")
+CLOCK_SLACK_SECONDS = 2.0  # process start times are known to about a second
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
 
 
 _held_locks: list = []  # files locked until the command ends (see hold_lock)
@@ -60,6 +73,8 @@ def ensure_dir(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
+        if is_disk_full(error):
+            raise disk_full(folder) from None
         raise UserError(f"{folder}: cannot create output folder ({error.strerror})") from None
     if not os.access(folder, os.W_OK):
         raise UserError(f"{folder}: output folder is not writable")
@@ -70,20 +85,189 @@ def _make_parent(path: Path) -> None:
     ensure_dir(path.parent)
 
 
+# ---------------------------------------------------------------- a full disk
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC/EDQUOT, raised by Python or by a library that only keeps the message (TensorFlow)."""
+    if isinstance(error, UserError):
+        return False
+    if isinstance(error, OSError) and error.errno in DISK_FULL:
+        return True
+    return any(text in str(error) for text in DISK_FULL_TEXT)
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists() or not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+def disk_full(path: Path) -> UserError:
+    mount = _mount_point(path)
+    free = shutil.disk_usage(mount).free / 1e6
+    return UserError(f"{path}: no space left on device ({free:.1f} MB free on {mount}); nothing was written, "
+                     "free some space and rerun")
+
+
+@contextlib.contextmanager
+def disk_full_names(path: Path) -> Iterator[None]:
+    """Turn a full disk inside the block into one error naming `path`."""
+    try:
+        yield
+    except Exception as error:
+        if is_disk_full(error):
+            raise disk_full(path) from None
+        raise
+
+
+# ---------------------------------------------------------------- temporaries
+
+def _owner_alive(pid: int, written: float) -> bool:
+    """Whether the process that wrote a temporary (last modified at `written`) still runs.
+
+    A live process with this PID that started after the temporary was written is a newcomer
+    that got a dead owner's PID, so the temporary is stale.
+    """
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and process.create_time() <= written + CLOCK_SLACK_SECONDS
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporaries in `folder` whose owner process is gone; returns what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = TEMPORARY.match(entry.name)
+        if not match:
+            continue
+        try:
+            if _owner_alive(int(match["pid"]), entry.stat(follow_symlinks=False).st_mtime):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:  # its owner finished, or another run removed it first
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _temporary(folder: Path, name: str, directory: bool) -> Path:
+    """A new temporary `.<name>.<pid>-<random>.tmp` in `folder`, after removing dead runs' ones."""
+    remove_stale_temporaries(folder)
+    prefix, suffix = f".{name}.{os.getpid()}-", ".tmp"
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=folder))
+        tmp.chmod(0o777 & ~_umask())
+        return tmp
+    handle, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    os.close(handle)
+    tmp = Path(tmp)
+    tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    return tmp
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class _Transaction:
+    """Outputs put in place inside `all_or_nothing`, each with what it replaced (kept aside)."""
+
+    def __init__(self) -> None:
+        self.replaced: dict[Path, Path | None] = {}
+
+    def undo(self) -> None:
+        for path, old in reversed(self.replaced.items()):
+            _remove(path)
+            if old is not None:
+                os.replace(old, path)
+
+    def commit(self) -> None:
+        for old in self.replaced.values():
+            if old is not None:
+                _remove(old)
+
+
+_transaction: _Transaction | None = None
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """A stage's outputs change together: when the block fails, every output it already put in
+    place is put back as it was (so a stage never leaves a new file beside a stale one)."""
+    global _transaction
+    if _transaction is not None:  # nested: the outer block decides
+        yield
+        return
+    _transaction = _Transaction()
+    try:
+        yield
+    except BaseException:
+        _transaction.undo()
+        raise
+    else:
+        _transaction.commit()
+    finally:
+        _transaction = None
+
+
+def _put_in_place(tmp: Path, path: Path) -> None:
+    """Rename a finished temporary onto `path`; what it replaces is deleted, or kept aside to
+    restore while an all_or_nothing block is open."""
+    keep = _transaction is not None and path not in _transaction.replaced
+    old = None
+    if path.exists() or path.is_symlink():
+        if keep or (path.is_dir() and not path.is_symlink()):
+            old = path.with_name(f".{path.name}.{os.getpid()}-old.tmp")
+            _remove(old)
+            os.replace(path, old)
+    os.replace(tmp, path)
+    if keep:
+        _transaction.replaced[path] = old
+    elif old is not None:
+        _remove(old)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
     path = Path(path)
     _make_parent(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp)
-    tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with disk_full_names(path):
+        tmp = _temporary(path.parent, path.name, directory=False)
+        try:
+            yield tmp
+            _put_in_place(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def scratch_file(folder: Path, name: str) -> Iterator[Path]:
+    """A temporary file in `folder` for a stage's intermediate data, removed when the block ends."""
+    ensure_dir(folder)
+    with disk_full_names(folder / name):
+        tmp = _temporary(folder, name, directory=False)
+        try:
+            yield tmp
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -98,20 +282,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     _make_parent(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o777 & ~_umask())
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with disk_full_names(path):
+        tmp = _temporary(path.parent, path.name, directory=True)
+        try:
+            yield tmp
+            _put_in_place(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | Path, data: dict) -> None:

@@ -47,12 +47,30 @@ class RawParams(Section):
     allow_pickle: bool = False
     users_per_chunk: int = Field(65536, ge=1)
 
+    @field_validator("separator")
+    @classmethod
+    def _one_character(cls, value: str | None) -> str | None:
+        if value is None or value == "::" or (len(value) == 1 and value not in '\r\n"'):
+            return value
+        hint = ' (for a tab write "\\t" in double quotes)' if value == "\\t" else ""
+        raise ValueError(f"must be one character (not a quote or line break) or '::' (MovieLens .dat){hint}")
+
+    @model_validator(mode="after")
+    def _long_enough_for_task(self) -> "RawParams":
+        needed = MIN_HISTORY_BY_TASK[self.task]
+        if self.min_history_length is not None and self.min_history_length < needed:
+            raise ValueError(
+                f"raw.min_history_length ({self.min_history_length}) is below the {needed} items raw.task "
+                f"{self.task} needs (held-out items plus one item of input)"
+            )
+        return self
+
     def min_length(self) -> int:
         return self.min_history_length or MIN_HISTORY_BY_TASK[self.task]
 
 
 class TfrecordParams(Section):
-    max_seq_length: int = Field(200, gt=0)
+    max_seq_length: int = Field(200, ge=2)  # at least one item and the [MASK] slot
     masked_lm_prob: float = Field(0.2, ge=0.0, le=1.0)
     max_predictions_per_seq: int = Field(40, gt=0)
     mask_prob: float = Field(1.0, ge=0.0, le=1.0)
@@ -206,8 +224,12 @@ def _describe(error: ValidationError, source: str) -> str:
         if item["type"] == "extra_forbidden":
             hint = f" (removed: {REMOVED_KEYS[key]})" if key in REMOVED_KEYS else ""
             lines.append(f"{source}: unknown key '{key}'{hint}")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        if isinstance(item.get("input"), dict):  # a rule across keys: the message names them
+            lines.append(f"{source}: {key}: {message}")
         else:
-            lines.append(f"{source}: {key}: {item['msg']} (got {item.get('input')!r})")
+            lines.append(f"{source}: {key}: {message} (got {item.get('input')!r})")
     return "\n".join(lines)
 
 
@@ -218,14 +240,65 @@ def parse_params(data: dict | None, source: str = "params") -> Params:
         raise UserError(_describe(error, source)) from None
 
 
-def load_params(path: str | Path) -> Params:
+def _not_utf8(path: Path, data: bytes, error: UnicodeDecodeError) -> UserError:
+    line = data.count(b"\n", 0, error.start) + 1
+    column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+    return UserError(f"{path}: line {line}, column {column}: byte 0x{data[error.start]:02x} is not UTF-8; "
+                     "save the file as UTF-8")
+
+
+def _duplicate_key(node: yaml.Node, prefix: str = "") -> tuple[str, int, int] | None:
+    """(dotted key, its line, the line it was first given on) of the first key given twice."""
+    children = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key, value in node.value:
+            name, line = str(key.value), key.start_mark.line + 1
+            if name in first_line:
+                return f"{prefix}{name}", line, first_line[name]
+            first_line[name] = line
+            children.append((value, f"{prefix}{name}."))
+    elif isinstance(node, yaml.SequenceNode):
+        children = [(item, prefix) for item in node.value]
+    for child, child_prefix in children:
+        found = _duplicate_key(child, child_prefix)
+        if found:
+            return found
+    return None
+
+
+def read_params_data(path: str | Path) -> object:
+    """The YAML in a parameters file; unreadable bytes, bad YAML and a key given twice (PyYAML
+    would silently keep the last) are errors naming the file and line."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: parameters file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, expected a YAML parameters file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+        text = data.decode("utf-8-sig")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        duplicate = _duplicate_key(node) if node is not None else None
+        if duplicate:
+            key, line, first = duplicate
+            raise UserError(f"{path}: line {line}: duplicate key '{key}' (first given on line {first}); "
+                            "give each key once")
+        return yaml.safe_load(text)
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, data, error) from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {error.problem or error.context}") from None
     except yaml.YAMLError as error:
         raise UserError(f"{path}: not valid YAML: {error}") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the parameters file ({error.strerror})") from None
+
+
+def load_params(path: str | Path) -> Params:
+    data = read_params_data(path)
     if data is not None and not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of stage sections, got {type(data).__name__}")
     return parse_params(data, str(path))

@@ -138,9 +138,9 @@ def truncated_gzip(tmp_path):
     (lambda t: write(t, "cols.csv", "user_id,product,ts\n1,2,3\n"), {}, r"cols\.csv: no item column found"),
     (lambda t: write(t, "cols.csv", "who,item_id\n1,2\n"), {}, r"cols\.csv: no user column found"),
     (lambda t: write(t, "cols.csv", "user_id,item_id\n1,2\n"), {"columns": {"item": "sku"}}, r"no column 'sku' \(raw\.columns\.item\)"),
-    (lambda t: write(t, "nan.csv", "user_id,item_id\n1,2\n2,NaN\n"), {}, r"nan\.csv: column 'item_id' has empty or NaN ids"),
-    (lambda t: write(t, "blank.csv", "user_id,item_id\n1,2\n,3\n"), {}, r"blank\.csv: column 'user_id' has empty or NaN ids"),
-    (lambda t: write(t, "bad.txt", "1 2\n1 3\n1 4 5\n2 2\n"), {}, r"bad\.txt: malformed line 3: '1 4 5'"),
+    (lambda t: write(t, "nan.csv", "user_id,item_id\n1,2\n2,NaN\n"), {}, r"nan\.csv: line 3: '2,NaN' has an empty or NaN item id in column 'item_id'"),
+    (lambda t: write(t, "blank.csv", "user_id,item_id\n1,2\n,3\n"), {}, r"blank\.csv: line 3: ',3' has an empty or NaN user id in column 'user_id'"),
+    (lambda t: write(t, "bad.txt", "1 2\n1 3\n1 4 5\n2 2\n"), {}, r"bad\.txt: line 3: '1 4 5' has 3 fields; expected 2 separated by ' '"),
     (truncated_gzip, {}, r"cut\.txt\.gz: cannot read the file, it may be truncated or corrupt"),
     (lambda t: write(t, "short.txt", "1 1\n1 2\n2 1\n"), {}, r"short\.txt: no users left after min length 3"),
 ])

@@ -114,7 +114,7 @@ def test_test_task_reuses_vocabulary_and_counts_unknown_items(tmp_path, syntheti
     vocab_bytes = (synthetic_project / "references" / "items.parquet").read_bytes()
     new = tmp_path / "new.txt"
     new.write_text("1 1\n1 2\n1 99999\n2 99999\n2 1\n2 2\n")
-    make_project(synthetic_project, new, raw={"input": str(new), "task": "test"})
+    make_project(synthetic_project, new, raw={"input": str(new), "task": "test"}, tfrecord={"num_shards": 2})
     assert run("raw", synthetic_project) == 0
     assert run("tfrecord", synthetic_project) == 0
     assert (synthetic_project / "references" / "items.parquet").read_bytes() == vocab_bytes

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from bert4rec.data import masking
 from bert4rec.data.records import FIRST_ITEM, PAD, encode_example, shard_name, write_record
+from bert4rec.data.sequences import open_sequences, read_group
 from bert4rec.data.vocabulary import load_vocabulary, tokens_of
 from bert4rec.data.windows import eval_inputs, gather_padded, window_bounds
-from bert4rec.params import TfrecordParams
+from bert4rec.errors import UserError
+from bert4rec.params import MIN_HISTORY_BY_TASK, TfrecordParams
 
 SPLITS_BY_TASK = {
     "train_val_test": ("train", "valid", "test", "inference"),
@@ -114,16 +115,26 @@ def build_shard(job: ShardJob) -> dict:
 
 
 def _shard_users(job: ShardJob, vocab):
-    """(user indices, flat tokens, starts, ends) of this shard's users, one row group at a time."""
-    source = pq.ParquetFile(job.sequences)
+    """(user indices, flat tokens, starts, ends) of this shard's users, one row group at a time.
+
+    Every history must hold what the task holds out plus an input item (sequences written by
+    the raw stage for another task would otherwise give targets from a neighbouring user).
+    """
+    source = open_sequences(job.sequences)
+    shortest = MIN_HISTORY_BY_TASK[job.task]
     for group in range(source.num_row_groups):
-        table = source.read_row_group(group, columns=["user_index", "items"])
+        table = read_group(source, job.sequences, group, ["user_index", "items"])
         mine = np.flatnonzero(table.column("user_index").to_numpy() % job.params.num_shards == job.shard)
         if not len(mine):
             continue
         table = table.take(pa.array(mine))
         tokens, offsets = tokens_of(table.column("items"), vocab)
-        yield table.column("user_index").to_numpy(), tokens, offsets[:-1], offsets[1:]
+        users, lengths = table.column("user_index").to_numpy(), np.diff(offsets)
+        if (lengths < shortest).any():
+            short = int(np.argmax(lengths < shortest))
+            raise UserError(f"{job.sequences}: user index {users[short]} has {lengths[short]} items, but raw.task "
+                            f"{job.task} needs at least {shortest}; rerun the raw stage with this task")
+        yield users, tokens, offsets[:-1], offsets[1:]
 
 
 def _write_training(handle, tokens, starts, ends, job: ShardJob, num_tokens: int, rng) -> int:

@@ -7,45 +7,23 @@ Chunks come out in input order, so a stable sort later keeps timestamp ties in i
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import logging
-import re
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from bert4rec.params import Columns, RawParams
+from bert4rec.data import columns, delimited
 from bert4rec.errors import UserError
+from bert4rec.params import RawParams
 
 log = logging.getLogger(__name__)
 
-BLOCK_BYTES = 2 << 20  # Arrow reads ahead many blocks: small blocks keep that memory small
-ROWS_PER_TABLE = 1 << 20  # blocks are grouped into tables of about this many rows
-USER_NAMES = ("userid", "user", "uid", "customerid", "visitorid", "sessionid", "clientid")
-ITEM_NAMES = ("itemid", "item", "movieid", "productid", "iid", "articleid", "trackid", "sku")
-TIME_NAMES = ("timestamp", "time", "ts", "datetime", "date", "eventtime", "unixtime")
-ITEMS_NAMES = ("items", "itemids", "sequence", "history", "movieids")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How a delimited text file is laid out; found by `sniff` or given in params."""
-
-    format: str  # sequence_lines | events
-    delimiter: str
-    header: bool
-    names: list[str]
-    user: str
-    item: str
-    timestamp: str | None
+PARQUET_BATCH_ROWS = 1 << 20
+SEQUENCE_BATCH_ROWS = 65536
 
 
 def _base_suffix(path: Path) -> str:
@@ -55,258 +33,80 @@ def _base_suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _open_text(path: Path):
-    suffix = path.suffix.lower()
-    if suffix in (".gz", ".gzip"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    if suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+def _is_list(kind: pa.DataType) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind)
 
 
-def _head_lines(path: Path, count: int = 20) -> list[str]:
+def _parquet_file(path: Path) -> pq.ParquetFile:
     try:
-        with _open_text(path) as handle:
-            lines = []
-            for line in handle:
-                if line.strip():
-                    lines.append(line.rstrip("\r\n"))
-                if len(lines) >= count:
-                    break
-            return lines
-    except (OSError, EOFError, zlib.error) as error:
-        raise UserError(f"{path}: cannot read the file ({error})") from None
-
-
-def _normalise(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def _find(names: list[str], wanted: str | int | None, candidates: tuple, role: str, path: Path):
-    if isinstance(wanted, int):
-        if not 0 <= wanted < len(names):
-            raise UserError(f"{path}: raw.columns.{role} = {wanted}, but the file has {len(names)} columns")
-        return names[wanted]
-    if isinstance(wanted, str):
-        if wanted not in names:
-            raise UserError(f"{path}: no column '{wanted}' (raw.columns.{role}); columns are {names}")
-        return wanted
-    by_norm = {_normalise(n): n for n in names}
-    for candidate in candidates:
-        if candidate in by_norm:
-            return by_norm[candidate]
-    return None
-
-
-def _split(line: str, delimiter: str) -> list[str]:
-    return line.split(delimiter)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-def sniff(path: Path, params: RawParams) -> Layout:
-    """Decide delimiter, header and columns from the first lines of a text file."""
-    lines = _head_lines(path)
-    if not lines:
-        raise UserError(f"{path}: the file is empty; expected interactions (user, item[, timestamp])")
-    first = lines[0]
-    delimiter = params.separator
-    if delimiter is None:
-        for candidate in ("::", "\t", ",", ";", "|", " "):
-            if candidate in first:
-                delimiter = candidate
-                break
-        else:
-            raise UserError(f"{path}: cannot tell the column separator from line 1 {first!r}; set raw.separator")
-    fields = _split(first, delimiter)
-    cols: Columns = params.columns
-    header = params.header
-    if header is None:
-        known = {*USER_NAMES, *ITEM_NAMES, *TIME_NAMES}
-        header = any(_normalise(f) in known for f in fields) or (
-            len(lines) > 1
-            and not any(_is_number(f) for f in fields)
-            and any(_is_number(f) for f in _split(lines[1], delimiter))
-        )
-    if header:
-        names = [f.strip().strip("\"'") for f in fields]
-        if len(set(names)) != len(names):
-            raise UserError(f"{path}: duplicate column names in the header {names}")
-        if len(lines) == 1:
-            raise UserError(f"{path}: the file has a header but no rows; expected interactions")
-    else:
-        names = [f"column_{i}" for i in range(len(fields))]
-    user = _find(names, cols.user, USER_NAMES, "user", path)
-    item = _find(names, cols.item, ITEM_NAMES, "item", path)
-    timestamp = _find(names, cols.timestamp, TIME_NAMES, "timestamp", path)
-    if not header:
-        user = user or names[0]
-        if item is None and len(names) > 1:
-            item = names[1]
-        if timestamp is None and cols.timestamp is None and len(names) >= 3:
-            timestamp = _guess_headerless_time(lines, delimiter, len(names))
-    if user is None:
-        raise UserError(f"{path}: no user column found among {names}; set raw.columns.user")
-    if item is None:
-        raise UserError(f"{path}: no item column found among {names}; set raw.columns.item")
-    fmt = params.format
-    if fmt == "auto":
-        fmt = "sequence_lines" if (len(names) == 2 and delimiter == " " and not header) else "events"
-    return Layout(fmt, delimiter, header, names, user, item, timestamp)
-
-
-def _guess_headerless_time(lines: list[str], delimiter: str, width: int) -> str | None:
-    """MovieLens-style `user item rating timestamp`: the last column, if it holds unix seconds."""
-    values = [_split(line, delimiter)[-1] for line in lines]
-    if all(v.strip().isdigit() and int(v) > 10**8 for v in values):
-        return f"column_{width - 1}"
-    return None
-
-
-def _csv_tables(path: Path, layout: Layout) -> Iterator[pa.Table]:
-    """Stream a delimited file in blocks; '::' is read as ':' with the empty fields skipped."""
-    double_colon = layout.delimiter == "::"
-    delimiter = ":" if double_colon else layout.delimiter
-    width = len(layout.names)
-    physical = [f"_{i}" for i in range(2 * width - 1)] if double_colon else list(layout.names)
-    rename = {physical[2 * i] if double_colon else physical[i]: name for i, name in enumerate(layout.names)}
-    keep = [layout.user, layout.item] + ([layout.timestamp] if layout.timestamp else [])
-    inverse = {v: k for k, v in rename.items()}
-    types = {inverse[layout.user]: pa.string(), inverse[layout.item]: pa.string()}
-    read = pacsv.ReadOptions(
-        column_names=physical, skip_rows=1 if layout.header else 0, block_size=BLOCK_BYTES
-    )
-    parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if delimiter in ",;" else False)
-    convert = pacsv.ConvertOptions(
-        column_types=types,
-        include_columns=[inverse[k] for k in keep],
-        strings_can_be_null=False,
-    )
-    try:
-        stream = pa.input_stream(str(path), compression="detect")
-        reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
-        pending, rows = [], 0
-        for batch in reader:
-            pending.append(batch)
-            rows += batch.num_rows
-            if rows >= ROWS_PER_TABLE:
-                yield _standardise(_renamed(pending, rename), layout.user, layout.item, layout.timestamp, path)
-                pending, rows = [], 0
-        if pending:
-            yield _standardise(_renamed(pending, rename), layout.user, layout.item, layout.timestamp, path)
-    except pa.ArrowInvalid as error:
-        raise UserError(_describe_parse_error(path, layout, error)) from None
-    except (OSError, EOFError, zlib.error) as error:
-        raise UserError(f"{path}: cannot read the file, it may be truncated or corrupt ({error})") from None
-
-
-def _renamed(batches: list[pa.RecordBatch], rename: dict[str, str]) -> pa.Table:
-    table = pa.Table.from_batches(batches)
-    return table.rename_columns([rename[name] for name in table.column_names])
-
-
-def _describe_parse_error(path: Path, layout: Layout, error: Exception) -> str:
-    expected = len(layout.names)
-    delimiter = layout.delimiter
-    try:
-        with _open_text(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                if number == 1 and layout.header:
-                    continue
-                line = line.rstrip("\r\n")
-                if len(_split(line, delimiter)) != expected:
-                    return (
-                        f"{path}: malformed line {number}: {line[:80]!r}; expected {expected} "
-                        f"fields separated by {delimiter!r}"
-                    )
-    except (OSError, EOFError, zlib.error) as read_error:
-        return f"{path}: cannot read the file, it may be truncated or corrupt ({read_error})"
-    return f"{path}: cannot parse the file ({error})"
-
-
-def _standardise(table: pa.Table, user: str, item: str, timestamp: str | None, path: Path) -> pa.Table:
-    columns = {"user": _ids(table.column(user), user, path), "item": _ids(table.column(item), item, path)}
-    if timestamp:
-        columns["timestamp"] = _times(table.column(timestamp), timestamp, path)
-    return pa.table(columns)
-
-
-def _ids(column: pa.ChunkedArray, name: str, path: Path) -> pa.ChunkedArray:
-    if pa.types.is_floating(column.type):
-        if pc.any(pc.is_nan(column)).as_py():
-            raise UserError(f"{path}: column '{name}' has missing (NaN) ids")
-        column = pc.cast(column, pa.int64())
-    if not (pa.types.is_integer(column.type) or pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        column = pc.cast(column, pa.string())
-    if column.null_count:
-        raise UserError(f"{path}: column '{name}' has missing (null) ids")
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        stripped = pc.utf8_trim_whitespace(column)
-        empty = pc.or_(pc.equal(stripped, ""), pc.is_in(pc.utf8_lower(stripped), pa.array(["nan", "null", "none"])))
-        if pc.any(empty).as_py():
-            raise UserError(f"{path}: column '{name}' has empty or NaN ids")
-        column = stripped
-    return pc.cast(column, pa.string())
-
-
-def _times(column: pa.ChunkedArray, name: str, path: Path) -> pa.ChunkedArray:
-    if column.null_count:
-        raise UserError(f"{path}: column '{name}' has missing timestamps")
-    kind = column.type
-    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
-        return pc.cast(pc.cast(column, pa.timestamp("ns")), pa.int64())
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-        return pc.cast(column, pa.float64()) if pa.types.is_floating(kind) else pc.cast(column, pa.int64())
-    try:
-        return pc.cast(pc.cast(column, pa.timestamp("ns")), pa.int64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise UserError(f"{path}: column '{name}' is not a timestamp (numbers or dates expected)") from None
+        source = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        raise UserError(f"{path}: not a readable Parquet file ({error})") from None
+    if source.metadata.num_rows == 0:
+        raise UserError(f"{path}: the file has no rows; expected interactions")
+    return source
 
 
 def _parquet_tables(path: Path, params: RawParams) -> Iterator[pa.Table]:
-    try:
-        source = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as error:
-        raise UserError(f"{path}: not a readable Parquet file ({error})") from None
+    source = _parquet_file(path)
     schema = source.schema_arrow
-    names = list(schema.names)
-    if source.metadata.num_rows == 0:
-        raise UserError(f"{path}: the file has no rows; expected interactions")
-    cols = params.columns
-    list_cols = [n for n in names if pa.types.is_list(schema.field(n).type) or pa.types.is_large_list(schema.field(n).type)]
-    user = _find(names, cols.user, USER_NAMES, "user", path)
+    names, cols = list(schema.names), params.columns
+    list_cols = [n for n in names if _is_list(schema.field(n).type)]
+    user = columns.find(names, cols.user, columns.USER_NAMES, "user", path)
     if user is None:
         raise UserError(f"{path}: no user column found among {names}; set raw.columns.user")
     table_format = params.format if params.format != "auto" else ("sequence_table" if list_cols else "events")
     if table_format == "sequence_table":
-        items = _find(names, cols.items, ITEMS_NAMES, "items", path) or (list_cols[0] if len(list_cols) == 1 else None)
+        items = columns.find(names, cols.items, columns.ITEMS_NAMES, "items", path) or (
+            list_cols[0] if len(list_cols) == 1 else None)
         if items is None:
             raise UserError(f"{path}: no list-of-items column found among {names}; set raw.columns.items")
-        for batch in source.iter_batches(batch_size=65536, columns=[user, items]):
-            yield _explode(pa.Table.from_batches([batch]), user, items, path)
+        columns.require_distinct(path, user=user, items=items)
+        batches = _batches(source, path, [user, items], SEQUENCE_BATCH_ROWS)
+        yield from (_explode(table, user, items, path, first_row) for table, first_row in batches)
         return
-    item = _find(names, cols.item, ITEM_NAMES, "item", path)
+    item = columns.find(names, cols.item, columns.ITEM_NAMES, "item", path)
     if item is None:
         raise UserError(f"{path}: no item column found among {names}; set raw.columns.item")
-    timestamp = _find(names, cols.timestamp, TIME_NAMES, "timestamp", path)
+    timestamp = columns.find(names, cols.timestamp, columns.TIME_NAMES, "timestamp", path)
+    columns.require_distinct(path, user=user, item=item, timestamp=timestamp)
     wanted = [user, item] + ([timestamp] if timestamp else [])
-    for batch in source.iter_batches(batch_size=1 << 20, columns=wanted):
-        yield _standardise(pa.Table.from_batches([batch]), user, item, timestamp, path)
+    for table, first_row in _batches(source, path, wanted, PARQUET_BATCH_ROWS):
+        yield columns.standardise(table, user, item, timestamp, path, first_row)
 
 
-def _explode(table: pa.Table, user: str, items: str, path: Path) -> pa.Table:
+def _batches(source: pq.ParquetFile, path: Path, wanted: list[str], rows: int) -> Iterator[tuple[pa.Table, int]]:
+    """(table, index of its first row) a batch at a time; a damaged file is an error naming it."""
+    first_row = 0
+    batches = source.iter_batches(batch_size=rows, columns=wanted)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as error:
+            raise UserError(f"{path}: cannot read the Parquet file after row {first_row}, it may be truncated "
+                            f"or corrupt ({error})") from None
+        if batch is None:
+            return
+        yield pa.Table.from_batches([batch]), first_row
+        first_row += batch.num_rows
+
+
+def _explode(table: pa.Table, user: str, items: str, path: Path, first_row: int | None) -> pa.Table:
+    """A sequence table (one row per user, a list of items) as one event per item."""
+    kind = table.schema.field(items).type
+    if not _is_list(kind):
+        raise UserError(f"{path}: column '{items}' holds {kind} values; expected a list of item ids per user")
+    if pa.types.is_nested(kind.value_type):
+        raise UserError(f"{path}: column '{items}' holds lists of lists ({kind}); expected one flat "
+                        "list of item ids per user")
     lists = table.column(items).combine_chunks()
     if lists.null_count:
-        raise UserError(f"{path}: column '{items}' has missing item lists")
+        where = f" (row {first_row + pc.index(lists.is_null(), True).as_py() + 1})" if first_row is not None else ""
+        raise UserError(f"{path}: column '{items}' has missing item lists{where}")
     parents = pc.list_parent_indices(lists)
-    flat = pa.table({"user": table.column(user).take(parents), "item": pc.list_flatten(lists)})
-    return _standardise(flat, "user", "item", None, path)
+    user_ids = columns.ids(table.column(user), user, path, first_row)
+    item_ids = columns.ids(pa.chunked_array([pc.list_flatten(lists)]), items, path)
+    return pa.table({"user": user_ids.take(parents), "item": item_ids})
 
 
 def _pickle_tables(path: Path, params: RawParams) -> Iterator[pa.Table]:
@@ -318,29 +118,40 @@ def _pickle_tables(path: Path, params: RawParams) -> Iterator[pa.Table]:
     import pandas as pd
 
     log.warning("Loading pickle %s: unpickling runs code from the file; only do this for files you trust", path)
-    frame = pd.read_pickle(path)  # opt-in via raw.allow_pickle
+    try:
+        frame = pd.read_pickle(path)  # opt-in via raw.allow_pickle
+    except Exception as error:  # unpickling can fail in any way the file's contents choose
+        detail = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+        raise UserError(f"{path}: not a readable pickle, it may be truncated or corrupt ({detail})") from None
     if not isinstance(frame, pd.DataFrame):
         raise UserError(f"{path}: the pickle holds a {type(frame).__name__}, expected a pandas DataFrame")
     frame = frame.reset_index() if frame.index.name else frame
-    yield from _table_events(pa.Table.from_pandas(frame, preserve_index=False), params, path)
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError) as error:
+        raise UserError(f"{path}: the pickled DataFrame cannot be read as columns ({error})") from None
+    yield from _table_events(table, params, path)
 
 
 def _table_events(table: pa.Table, params: RawParams, path: Path) -> Iterator[pa.Table]:
-    names = list(table.column_names)
+    names = [str(name) for name in table.column_names]
+    table = table.rename_columns(names)
     cols = params.columns
-    user = _find(names, cols.user, USER_NAMES, "user", path)
+    user = columns.find(names, cols.user, columns.USER_NAMES, "user", path)
     if user is None:
         raise UserError(f"{path}: no user column found among {names}; set raw.columns.user")
-    list_cols = [n for n in names if pa.types.is_list(table.schema.field(n).type)]
+    list_cols = [n for n in names if _is_list(table.schema.field(n).type)]
     if list_cols:
-        items = _find(names, cols.items, ITEMS_NAMES, "items", path) or list_cols[0]
-        yield _explode(table, user, items, path)
+        items = columns.find(names, cols.items, columns.ITEMS_NAMES, "items", path) or list_cols[0]
+        columns.require_distinct(path, user=user, items=items)
+        yield _explode(table, user, items, path, 0)
         return
-    item = _find(names, cols.item, ITEM_NAMES, "item", path)
+    item = columns.find(names, cols.item, columns.ITEM_NAMES, "item", path)
     if item is None:
         raise UserError(f"{path}: no item column found among {names}; set raw.columns.item")
-    timestamp = _find(names, cols.timestamp, TIME_NAMES, "timestamp", path)
-    yield _standardise(table, user, item, timestamp, path)
+    timestamp = columns.find(names, cols.timestamp, columns.TIME_NAMES, "timestamp", path)
+    columns.require_distinct(path, user=user, item=item, timestamp=timestamp)
+    yield columns.standardise(table, user, item, timestamp, path, 0)
 
 
 def read_events(path: Path, params: RawParams) -> tuple[str, Iterator[pa.Table]]:
@@ -361,12 +172,12 @@ def read_events(path: Path, params: RawParams) -> tuple[str, Iterator[pa.Table]]
             f"{path}: unknown input format '{suffix}'; expected .txt/.csv/.tsv/.dat (optionally .gz), "
             ".parquet, or .pkl with raw.allow_pickle"
         )
-    layout = sniff(path, params)
+    layout = delimited.sniff(path, params)
     description = (
         f"{layout.format}: separator {layout.delimiter!r}, header {layout.header}, "
         f"user={layout.user!r} item={layout.item!r} timestamp={layout.timestamp!r}"
     )
-    return description, _csv_tables(path, layout)
+    return description, delimited.tables(path, layout)
 
 
 def first_seen_codes(values: pa.ChunkedArray, known: "FirstSeen") -> np.ndarray:

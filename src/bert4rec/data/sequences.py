@@ -1,13 +1,14 @@
 """Per-user sequences from a stream of events, with memory bounded by the chunk of users.
 
-Events are spilled to one file per chunk of users (users_per_chunk consecutive user codes) in
-input order; each chunk is then sorted, cleaned and written as one Parquet row group.
+Events are spilled to one scratch file in input order; each chunk of users is then read back,
+sorted, cleaned and written as one Parquet row group.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -23,16 +24,26 @@ from bert4rec.progress import progress
 
 EVENT = np.dtype([("user", "<i8"), ("item", "<i8"), ("time", "<f8")])
 EVENT_INT_TIME = np.dtype([("user", "<i8"), ("item", "<i8"), ("time", "<i8")])
+# Original ids decode to int64 when every one is the canonical text of an int64 (no leading
+# zeros, no '+', no '-0'), so they read back exactly as given; otherwise all stay text.
+INT64_TEXT = r"^(0|-?[1-9][0-9]{0,18})$"
 
 
 class Spill:
-    """Per-chunk-of-users event files, appended in input order."""
+    """Events in input order, in one scratch file: one open file however many chunks there are.
 
-    def __init__(self, folder: Path, users_per_chunk: int):
-        self.folder = folder
+    Each appended block is written sorted by chunk of users (users_per_chunk consecutive user
+    codes, a stable sort), and an index keeps where each chunk's part of the block lies, so
+    a chunk is read back from its parts in input order.
+    """
+
+    def __init__(self, path: Path, users_per_chunk: int):
+        self.path = path
         self.users_per_chunk = users_per_chunk
         self.dtype: np.dtype | None = None
-        self.handles: dict[int, object] = {}
+        self.handle = open(path, "wb")
+        self.rows = 0
+        self.parts: list[np.ndarray] = []  # per block: rows of (chunk, first row in the file, rows)
 
     def append(self, users: np.ndarray, items: np.ndarray, times: np.ndarray | None) -> None:
         if self.dtype is None:
@@ -42,28 +53,73 @@ class Spill:
         rows["time"] = 0 if times is None else times
         chunk = users // self.users_per_chunk
         order = np.argsort(chunk, kind="stable")
-        rows, chunk = rows[order], chunk[order]
-        ids, starts = np.unique(chunk, return_index=True)
-        for chunk_id, part in zip(ids.tolist(), np.split(rows, starts[1:])):
-            handle = self.handles.get(chunk_id)
-            if handle is None:
-                handle = self.handles[chunk_id] = open(self.folder / f"{chunk_id:06d}.bin", "wb")
-            part.tofile(handle)
+        ids, starts, counts = np.unique(chunk[order], return_index=True, return_counts=True)
+        rows[order].tofile(self.handle)
+        self.parts.append(np.stack([ids, starts + self.rows, counts], axis=1))
+        self.rows += len(rows)
 
-    def chunks(self):
-        for handle in self.handles.values():
-            handle.close()
-        for chunk_id in sorted(self.handles):
-            yield np.fromfile(self.folder / f"{chunk_id:06d}.bin", dtype=self.dtype)
+    def chunks(self) -> Iterator[np.ndarray]:
+        """Each chunk's events in input order, chunk after chunk."""
+        self.handle.close()
+        if not self.parts:
+            return
+        index = np.concatenate(self.parts)
+        index = index[np.lexsort((index[:, 1], index[:, 0]))]  # by chunk, then by place in the file
+        with open(self.path, "rb") as handle:
+            for group in np.split(index, np.flatnonzero(np.diff(index[:, 0])) + 1):
+                rows = np.empty(int(group[:, 2].sum()), dtype=self.dtype)
+                view, filled = rows.view(np.uint8), 0
+                for _, first, count in group.tolist():
+                    handle.seek(first * self.dtype.itemsize)
+                    size = count * self.dtype.itemsize
+                    handle.readinto(view[filled:filled + size])
+                    filled += size
+                yield rows
+
+    def __enter__(self) -> "Spill":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
 
 
 def decoded_ids(values: "readers.FirstSeen") -> pa.Array:
-    """Original ids, as int64 when every id is a canonical integer (lossless), else strings."""
+    """Original ids, as int64 when every id is the canonical text of an int64, else text."""
     strings = values.values
-    canonical = pc.match_substring_regex(strings, r"^(0|-?[1-9][0-9]{0,17})$")
-    if len(strings) and pc.all(canonical).as_py():
-        return pc.cast(strings, pa.int64())
+    if len(strings) and pc.all(pc.match_substring_regex(strings, INT64_TEXT)).as_py():
+        try:
+            return pc.cast(strings, pa.int64())
+        except pa.ArrowInvalid:  # 19 digits beyond the int64 range: all stay text
+            pass
     return strings
+
+
+SEQUENCE_COLUMNS = ("user_index", "user_id", "items")
+
+
+def open_sequences(path: Path) -> pq.ParquetFile:
+    """The raw stage's sequences file; missing, damaged or another file is an error naming it."""
+    if not path.exists():
+        raise UserError(f"{path}: sequences not found; run the raw stage first")
+    try:
+        source = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        raise UserError(f"{path}: not a readable sequences file, it may be truncated or corrupt ({error}); "
+                        "rerun the raw stage") from None
+    schema = source.schema_arrow
+    if (not set(SEQUENCE_COLUMNS) <= set(schema.names) or not pa.types.is_integer(schema.field("user_index").type)
+            or not pa.types.is_list(schema.field("items").type)):
+        raise UserError(f"{path}: not a sequences file of the raw stage (expected columns user_index, user_id, "
+                        f"items; found {', '.join(schema.names)}); rerun the raw stage")
+    return source
+
+
+def read_group(source: pq.ParquetFile, path: Path, group: int, columns: list[str]) -> pa.Table:
+    try:
+        return source.read_row_group(group, columns=columns)
+    except (pa.ArrowException, OSError) as error:
+        raise UserError(f"{path}: row group {group} cannot be read, the file may be corrupt ({error}); "
+                        "rerun the raw stage") from None
 
 
 def sequences_schema(id_type: pa.DataType, item_type: pa.DataType) -> pa.Schema:

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bert4rec.data import readers
+from bert4rec.data.sequences import open_sequences, read_group
 from bert4rec.errors import UserError
 from bert4rec.fileio import atomic_file
 from bert4rec.data.records import FIRST_ITEM
@@ -17,11 +18,11 @@ from bert4rec.data.records import FIRST_ITEM
 
 def build_vocabulary(sequences: Path, out: Path) -> int:
     """Items by descending frequency (ties: first appearance); token = rank + 2."""
-    source = pq.ParquetFile(sequences)
+    source = open_sequences(sequences)
     seen = readers.FirstSeen(source.schema_arrow.field("items").type.value_type)
     counts = np.zeros(0, dtype=np.int64)
     for group in range(source.num_row_groups):
-        flat = source.read_row_group(group, columns=["items"]).column("items").combine_chunks().flatten()
+        flat = read_group(source, sequences, group, ["items"]).column("items").combine_chunks().flatten()
         codes = readers.first_seen_codes(pa.chunked_array([flat]), seen)
         counts = np.concatenate([counts, np.zeros(len(seen) - len(counts), dtype=np.int64)])
         np.add.at(counts, codes, 1)
@@ -45,7 +46,11 @@ def _read_vocabulary(path: Path, column: str) -> pa.Array:
             f"{path}: no saved item vocabulary; the tfrecord stage writes it when raw.task is train_val_test "
             "or train_val (rerun it), and test/inference tasks reuse the one of the project that trained the model"
         )
-    return pq.read_table(path, columns=[column]).column(column).combine_chunks()
+    try:
+        return pq.read_table(path, columns=[column]).column(column).combine_chunks()
+    except (pa.ArrowException, OSError, KeyError) as error:
+        raise UserError(f"{path}: not a readable item vocabulary, it may be corrupt ({error}); rerun the stage "
+                        "that wrote it (tfrecord with a training task)") from None
 
 
 def load_vocabulary(path: Path) -> pa.Array:

@@ -1,19 +1,18 @@
 """raw stage: user's interactions -> one time-ordered item sequence per user (Parquet).
 
-Streams the input in blocks and spills events to per-chunk-of-users files, so memory depends
-on the chunk size (raw.users_per_chunk), not on the number of users.
+Streams the input in blocks and spills events to a scratch file indexed by chunk of users, so
+memory depends on the chunk size (raw.users_per_chunk), not on the number of users.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 from bert4rec.data import readers
 from bert4rec.data.sequences import Spill, decoded_ids, write_sequences
 from bert4rec.errors import UserError
-from bert4rec.fileio import ensure_dir, write_json
+from bert4rec.fileio import all_or_nothing, scratch_file, write_json
 from bert4rec.params import Params
 from bert4rec.paths import ProjectPaths
 from bert4rec.progress import progress
@@ -28,37 +27,42 @@ def run(paths: ProjectPaths, params: Params) -> dict:
     source = paths.resolve_input(raw.input)
     description, tables = readers.read_events(source, raw)
     log.info("reading %s (%s)", source, description)
-    users, items = readers.FirstSeen(), readers.FirstSeen()
-    events_read = 0
-    ensure_dir(paths.interim)
-    with tempfile.TemporaryDirectory(prefix=".raw-spill-", dir=paths.interim) as spill_dir:
-        spill = Spill(Path(spill_dir), raw.users_per_chunk)
-        bar = progress(desc="raw: reading", unit=" events", unit_scale=True)
-        for table in tables:
-            times = table.column("timestamp").to_numpy() if "timestamp" in table.column_names else None
-            spill.append(
-                readers.first_seen_codes(table.column("user"), users),
-                readers.first_seen_codes(table.column("item"), items),
-                times,
-            )
-            events_read += table.num_rows
-            bar.update(table.num_rows)
-        bar.close()
-        if events_read == 0:
-            raise UserError(f"{source}: no interactions found; expected rows of user, item[, timestamp]")
-        log.info("read %d events, %d users, %d items", events_read, len(users), len(items))
-        summary = write_sequences(paths, raw, spill, decoded_ids(users), decoded_ids(items), len(items))
-    summary = {
-        "input": str(Path(raw.input)),
-        "format": description,
-        "task": raw.task,
-        "read": {"events": events_read, "users": len(users), "items": len(items)},
-        **summary,
-    }
-    write_json(paths.raw_summary, summary)
+    with all_or_nothing():
+        with scratch_file(paths.interim, "raw-spill") as spill_path, Spill(spill_path, raw.users_per_chunk) as spill:
+            users, items, events_read = _spill_events(tables, spill)
+            if events_read == 0:
+                raise UserError(f"{source}: no interactions found; expected rows of user, item[, timestamp]")
+            log.info("read %d events, %d users, %d items", events_read, len(users), len(items))
+            summary = write_sequences(paths, raw, spill, decoded_ids(users), decoded_ids(items), len(items))
+        summary = {
+            "input": str(Path(raw.input)),
+            "format": description,
+            "task": raw.task,
+            "read": {"events": events_read, "users": len(users), "items": len(items)},
+            **summary,
+        }
+        write_json(paths.raw_summary, summary)
     log.info("kept %d users, %d items, %d interactions -> %s",
              summary["users"], summary["items"], summary["interactions"], paths.sequences)
     return summary
+
+
+def _spill_events(tables, spill: Spill) -> tuple[readers.FirstSeen, readers.FirstSeen, int]:
+    """Encode users and items densely in order of first appearance and spill the events."""
+    users, items = readers.FirstSeen(), readers.FirstSeen()
+    events_read = 0
+    bar = progress(desc="raw: reading", unit=" events", unit_scale=True)
+    for table in tables:
+        times = table.column("timestamp").to_numpy() if "timestamp" in table.column_names else None
+        spill.append(
+            readers.first_seen_codes(table.column("user"), users),
+            readers.first_seen_codes(table.column("item"), items),
+            times,
+        )
+        events_read += table.num_rows
+        bar.update(table.num_rows)
+    bar.close()
+    return users, items, events_read
 
 
 def main(argv: list[str] | None = None) -> int:

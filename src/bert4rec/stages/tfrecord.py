@@ -14,9 +14,10 @@ from pathlib import Path
 from bert4rec.data.examples import SPLITS_BY_TASK, ShardJob, build_shard, feature_spec
 from bert4rec.data.manifest import NO_EFFECT_ON_OUTPUT, Manifest, Shard, Split, UnknownItems, VocabularyRef
 from bert4rec.data.records import FIRST_ITEM, MASK, PAD, shard_name
+from bert4rec.data.sequences import open_sequences
 from bert4rec.data.vocabulary import build_vocabulary, load_vocabulary
 from bert4rec.errors import UserError
-from bert4rec.fileio import atomic_dir
+from bert4rec.fileio import all_or_nothing, atomic_dir
 from bert4rec.params import Params, params_hash
 from bert4rec.paths import ProjectPaths
 from bert4rec.progress import progress
@@ -36,38 +37,45 @@ def sha256(path: Path) -> str:
 
 def run(paths: ProjectPaths, params: Params) -> Manifest:
     tf_params, task = params.tfrecord, params.raw.task
-    if not paths.sequences.exists():
-        raise UserError(f"{paths.sequences}: sequences not found; run the raw stage first")
-    if task in ("train_val_test", "train_val"):
-        vocab_size = build_vocabulary(paths.sequences, paths.item_vocab)
-        log.info("item vocabulary: %d items -> %s", vocab_size, paths.item_vocab)
-    else:
-        vocab_size = len(load_vocabulary(paths.item_vocab))
-        log.info("reusing item vocabulary %s (%d items)", paths.item_vocab, vocab_size)
-    with atomic_dir(paths.records) as out:
-        jobs = [ShardJob(s, paths.sequences, paths.item_vocab, out, tf_params, task) for s in range(tf_params.num_shards)]
-        workers = min(tf_params.pool_size, tf_params.num_shards)
-        if workers > 1:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                results = list(progress(pool.imap(build_shard, jobs), total=len(jobs), desc="tfrecord: shards"))
+    users = open_sequences(paths.sequences).metadata.num_rows
+    if tf_params.num_shards > users:
+        raise UserError(f"tfrecord.num_shards ({tf_params.num_shards}) is more than the {users} users in "
+                        f"{paths.sequences}; every shard needs a user: set tfrecord.num_shards to at most {users}")
+    with all_or_nothing():
+        if task in ("train_val_test", "train_val"):
+            vocab_size = build_vocabulary(paths.sequences, paths.item_vocab)
+            log.info("item vocabulary: %d items -> %s", vocab_size, paths.item_vocab)
         else:
-            results = [build_shard(job) for job in progress(jobs, desc="tfrecord: shards")]
-        manifest = Manifest(
-            task=task, masking=tf_params.masking, params=tf_params,
-            params_hash=params_hash(tf_params, exclude=NO_EFFECT_ON_OUTPUT),
-            vocabulary=VocabularyRef(file=str(paths.item_vocab.relative_to(paths.root)), sha256=sha256(paths.item_vocab)),
-            vocab_size=vocab_size, num_tokens=vocab_size + FIRST_ITEM,
-            special_tokens={"pad": PAD, "mask": MASK, "first_item": FIRST_ITEM},
-            max_seq_length=tf_params.max_seq_length, max_predictions_per_seq=tf_params.max_predictions_per_seq,
-            num_shards=tf_params.num_shards,
-            splits={split: _split(split, results, out, tf_params) for split in SPLITS_BY_TASK[task]},
-            unknown_items=UnknownItems(**{key: sum(r["unknown"][key] for r in results)
-                                          for key in ("input_items", "targets")}),
-        )
-        manifest.write(out)
-    manifest = Manifest.read(paths.records)
+            vocab_size = len(load_vocabulary(paths.item_vocab))
+            log.info("reusing item vocabulary %s (%d items)", paths.item_vocab, vocab_size)
+        with atomic_dir(paths.records) as out:
+            manifest = _write_records(paths, tf_params, task, vocab_size, out)
+            manifest.write(out)
+        manifest = Manifest.read(paths.records)
     _report(manifest, paths)
     return manifest
+
+
+def _write_records(paths: ProjectPaths, tf_params, task: str, vocab_size: int, out: Path) -> Manifest:
+    jobs = [ShardJob(s, paths.sequences, paths.item_vocab, out, tf_params, task) for s in range(tf_params.num_shards)]
+    workers = min(tf_params.pool_size, tf_params.num_shards)
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = list(progress(pool.imap(build_shard, jobs), total=len(jobs), desc="tfrecord: shards"))
+    else:
+        results = [build_shard(job) for job in progress(jobs, desc="tfrecord: shards")]
+    return Manifest(
+        task=task, masking=tf_params.masking, params=tf_params,
+        params_hash=params_hash(tf_params, exclude=NO_EFFECT_ON_OUTPUT),
+        vocabulary=VocabularyRef(file=str(paths.item_vocab.relative_to(paths.root)), sha256=sha256(paths.item_vocab)),
+        vocab_size=vocab_size, num_tokens=vocab_size + FIRST_ITEM,
+        special_tokens={"pad": PAD, "mask": MASK, "first_item": FIRST_ITEM},
+        max_seq_length=tf_params.max_seq_length, max_predictions_per_seq=tf_params.max_predictions_per_seq,
+        num_shards=tf_params.num_shards,
+        splits={split: _split(split, results, out, tf_params) for split in SPLITS_BY_TASK[task]},
+        unknown_items=UnknownItems(**{key: sum(r["unknown"][key] for r in results)
+                                      for key in ("input_items", "targets")}),
+    )
 
 
 def _split(split: str, results: list[dict], out: Path, tf_params) -> Split:

@@ -1,0 +1,296 @@
+"""Delimited text inputs (CSV/TSV, MovieLens `.dat`, BERT4Rec "user item" lines): the layout,
+found from the first lines or given in params, and a block-wise Arrow reader.
+
+Rules: a UTF-8 byte-order mark is ignored; blank lines and '#' comment lines before the first
+row (header or data) are skipped; fields of comma/semicolon files may be quoted ("a,b").
+Anything else that does not fit (a comment or the header again further down, a line with
+another number of fields, an empty id, bytes that are not UTF-8) is an error naming its line.
+Arrow reads the file fast; only when it finds a problem is the file scanned line by line to
+say where.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from bert4rec.data import columns
+from bert4rec.errors import UserError
+from bert4rec.params import RawParams
+
+BLOCK_BYTES = 2 << 20  # Arrow reads ahead many blocks: small blocks keep that memory small
+ROWS_PER_TABLE = 1 << 20  # blocks are grouped into tables of about this many rows
+HEAD_LINES = 20
+SEPARATORS = ("::", "\t", ",", ";", "|", " ")
+QUOTING = ",;"  # separators whose fields may be quoted
+READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
+class LineError(UserError):
+    """A problem already located by first_bad_line."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a delimited text file is laid out; found by `sniff` or given in params."""
+
+    format: str  # sequence_lines | events
+    delimiter: str
+    header: bool
+    names: list[str]
+    user: str
+    item: str
+    timestamp: str | None
+    skip_lines: int  # physical lines before the data: leading blank/comment lines and the header
+
+
+def split(line: str, delimiter: str) -> list[str]:
+    if delimiter in QUOTING:
+        return next(csv.reader([line], delimiter=delimiter, quotechar='"'), [""])
+    return line.split(delimiter)
+
+
+def _open_binary(path: Path):
+    suffix = path.suffix.lower()
+    if suffix in (".gz", ".gzip"):
+        return gzip.open(path, "rb")
+    if suffix == ".bz2":
+        return bz2.open(path, "rb")
+    return open(path, "rb")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text without the line break); bytes that are not UTF-8 are an error."""
+    with _open_binary(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as error:
+                raise UserError(f"{path}: line {number}, byte {error.start + 1}: {raw[:60]!r} is not UTF-8 text; "
+                                "save the file as UTF-8") from None
+
+
+def _head(path: Path) -> tuple[int, list[str]]:
+    """(physical lines before the first row, the first non-blank lines from that row on)."""
+    before, lines = 0, []
+    try:
+        for number, line in _lines(path):
+            if not lines and (not line.strip() or line.lstrip().startswith("#")):
+                before = number
+                continue
+            if line.strip():
+                lines.append(line)
+            if len(lines) >= HEAD_LINES:
+                break
+    except READ_ERRORS as error:
+        raise UserError(f"{path}: cannot read the file ({error})") from None
+    return before, lines
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _delimiter(path: Path, first: str, params: RawParams) -> str:
+    if params.separator is not None:
+        return params.separator
+    for candidate in SEPARATORS:
+        if candidate in first:
+            return candidate
+    raise UserError(f"{path}: cannot tell the column separator from its first row {first!r}; set raw.separator")
+
+
+def _has_header(params: RawParams, fields: list[str], lines: list[str], delimiter: str) -> bool:
+    if params.header is not None:
+        return params.header
+    known = {*columns.USER_NAMES, *columns.ITEM_NAMES, *columns.TIME_NAMES}
+    return any(columns.normalise(f) in known for f in fields) or (
+        len(lines) > 1
+        and not any(_is_number(f) for f in fields)
+        and any(_is_number(f) for f in split(lines[1], delimiter))
+    )
+
+
+def sniff(path: Path, params: RawParams) -> Layout:
+    """Decide delimiter, header and columns from the first lines of a text file."""
+    before, lines = _head(path)
+    if not lines:
+        raise UserError(f"{path}: the file is empty; expected interactions (user, item[, timestamp])")
+    delimiter = _delimiter(path, lines[0], params)
+    fields = split(lines[0], delimiter)
+    header = _has_header(params, fields, lines, delimiter)
+    if header:
+        names = _header_names(fields, delimiter)
+        if len(set(names)) != len(names):
+            raise UserError(f"{path}: duplicate column names in the header {names}")
+        if len(lines) == 1:
+            raise UserError(f"{path}: the file has a header but no rows; expected interactions")
+    else:
+        names = [f"column_{i}" for i in range(len(fields))]
+    user, item, timestamp = _roles(path, params, names, header, lines, delimiter)
+    fmt = params.format
+    if fmt == "auto":
+        fmt = "sequence_lines" if (len(names) == 2 and delimiter == " " and not header) else "events"
+    return Layout(fmt, delimiter, header, names, user, item, timestamp, before + int(header))
+
+
+def _header_names(fields: list[str], delimiter: str) -> list[str]:
+    return [f.strip() if delimiter in QUOTING else f.strip().strip("\"'") for f in fields]
+
+
+def _roles(path: Path, params: RawParams, names: list[str], header: bool, lines: list[str],
+           delimiter: str) -> tuple[str, str, str | None]:
+    cols = params.columns
+    user = columns.find(names, cols.user, columns.USER_NAMES, "user", path)
+    item = columns.find(names, cols.item, columns.ITEM_NAMES, "item", path)
+    timestamp = columns.find(names, cols.timestamp, columns.TIME_NAMES, "timestamp", path)
+    if not header:
+        user = user or names[0]
+        if item is None and len(names) > 1:
+            item = names[1]
+        if timestamp is None and cols.timestamp is None and len(names) >= 3:
+            timestamp = _guess_headerless_time(lines, delimiter, len(names))
+    if user is None:
+        raise UserError(f"{path}: no user column found among {names}; set raw.columns.user")
+    if item is None:
+        raise UserError(f"{path}: no item column found among {names}; set raw.columns.item")
+    columns.require_distinct(path, user=user, item=item, timestamp=timestamp)
+    return user, item, timestamp
+
+
+def _guess_headerless_time(lines: list[str], delimiter: str, width: int) -> str | None:
+    """MovieLens-style `user item rating timestamp`: the last column, if it holds unix seconds."""
+    values = [split(line, delimiter)[-1] for line in lines]
+    if all(v.strip().isdigit() and int(v) > 10**8 for v in values):
+        return f"column_{width - 1}"
+    return None
+
+
+def _arrow_options(layout: Layout):
+    """Arrow's options for the layout; '::' is read as ':' with the empty fields in between skipped."""
+    double_colon = layout.delimiter == "::"
+    width = len(layout.names)
+    physical = [f"_{i}" for i in range(2 * width - 1)] if double_colon else list(layout.names)
+    rename = {physical[2 * i] if double_colon else physical[i]: name for i, name in enumerate(layout.names)}
+    inverse = {v: k for k, v in rename.items()}
+    keep = [layout.user, layout.item] + ([layout.timestamp] if layout.timestamp else [])
+    read = pacsv.ReadOptions(column_names=physical, skip_rows=layout.skip_lines, block_size=BLOCK_BYTES)
+    delimiter = ":" if double_colon else layout.delimiter
+    parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if delimiter in QUOTING else False)
+    convert = pacsv.ConvertOptions(
+        column_types={inverse[layout.user]: pa.string(), inverse[layout.item]: pa.string()},
+        include_columns=[inverse[k] for k in keep],
+        strings_can_be_null=False,
+    )
+    return read, parse, convert, rename
+
+
+def tables(path: Path, layout: Layout) -> Iterator[pa.Table]:
+    """Stream the file in blocks as standard (user, item[, timestamp]) tables."""
+    read, parse, convert, rename = _arrow_options(layout)
+    try:
+        stream = pa.input_stream(str(path), compression="detect")
+        reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
+        pending, rows = [], 0
+        for batch in reader:
+            pending.append(batch)
+            rows += batch.num_rows
+            if rows >= ROWS_PER_TABLE:
+                yield _standard(pending, rename, layout, path)
+                pending, rows = [], 0
+        if pending:
+            yield _standard(pending, rename, layout, path)
+    except LineError:
+        raise
+    except (pa.ArrowInvalid, UserError) as error:
+        raise UserError(first_bad_line(path, layout) or _one_line(path, error)) from None
+    except READ_ERRORS as error:
+        raise UserError(f"{path}: cannot read the file, it may be truncated or corrupt ({error})") from None
+
+
+def _one_line(path: Path, error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text if isinstance(error, UserError) else f"{path}: cannot parse the file ({text})"
+
+
+def _standard(batches: list[pa.RecordBatch], rename: dict[str, str], layout: Layout, path: Path) -> pa.Table:
+    table = pa.Table.from_batches(batches)
+    table = table.rename_columns([rename[name] for name in table.column_names])
+    if _suspicious(table, layout):
+        problem = first_bad_line(path, layout)
+        if problem:
+            raise LineError(problem)
+    return columns.standardise(table, layout.user, layout.item, layout.timestamp, path)
+
+
+def _suspicious(table: pa.Table, layout: Layout) -> bool:
+    """Rows that may be a comment or a repeated header (confirmed by first_bad_line)."""
+    user = pc.utf8_trim_whitespace(table.column(layout.user))
+    if pc.any(pc.starts_with(user, "#")).as_py():
+        return True
+    if not layout.header:
+        return False
+    item = pc.utf8_trim_whitespace(table.column(layout.item))
+    return pc.any(pc.and_(pc.equal(user, layout.user), pc.equal(item, layout.item))).as_py()
+
+
+def first_bad_line(path: Path, layout: Layout) -> str | None:
+    """The first line after the leading ones that is not a row of data, as an error message."""
+    try:
+        checks = _LineChecks(layout)
+        for number, line in _lines(path):
+            if number > layout.skip_lines and line:
+                problem = checks.problem(line)
+                if problem:
+                    return f"{path}: line {number}: {line[:80]!r} {problem}"
+    except UserError as error:
+        return str(error)
+    except READ_ERRORS as error:
+        return f"{path}: cannot read the file, it may be truncated or corrupt ({error})"
+    return None
+
+
+class _LineChecks:
+    """What makes a line not a row of data, in the layout's terms."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.ids = {layout.names.index(layout.user): "user", layout.names.index(layout.item): "item"}
+        self.time = layout.names.index(layout.timestamp) if layout.timestamp else None
+        self.numeric_time: bool | None = None  # decided by the first row
+
+    def problem(self, line: str) -> str | None:
+        layout, width = self.layout, len(self.layout.names)
+        if line.lstrip().startswith("#"):
+            return "is a comment; comment lines ('#') are only allowed before the first row"
+        fields = split(line, layout.delimiter)
+        if len(fields) != width:
+            return f"has {len(fields)} fields; expected {width} separated by {layout.delimiter!r}"
+        if layout.header and _header_names(fields, layout.delimiter) == layout.names:
+            return "repeats the header (files joined together?); expected data"
+        for position, role in self.ids.items():
+            value = fields[position].strip()
+            if not value or value.lower() in columns.MISSING_TEXT:
+                return f"has an empty or NaN {role} id in column '{layout.names[position]}'"
+        if self.time is not None:
+            numeric = _is_number(fields[self.time])
+            if self.numeric_time is None:
+                self.numeric_time = numeric
+            elif numeric != self.numeric_time:
+                return f"has {fields[self.time]!r} in column '{layout.timestamp}'; expected a timestamp like the rows above"
+        return None
