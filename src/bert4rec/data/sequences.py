@@ -27,6 +27,7 @@ EVENT_INT_TIME = np.dtype([("user", "<i8"), ("item", "<i8"), ("time", "<i8")])
 # Original ids decode to int64 when every one is the canonical text of an int64 (no leading
 # zeros, no '+', no '-0'), so they read back exactly as given; otherwise all stay text.
 INT64_TEXT = r"^(0|-?[1-9][0-9]{0,18})$"
+ROW_GROUP_USERS = 4096  # small chunks (raw.users_per_chunk) are written together: fewer, larger row groups
 
 
 class Spill:
@@ -167,9 +168,10 @@ def clean_chunk(rows: np.ndarray, raw: RawParams, dropped: Dropped) -> tuple[np.
 def write_sequences(
     paths: ProjectPaths, raw: RawParams, spill: Spill, user_ids: pa.Array, item_ids: pa.Array, n_items: int
 ) -> dict:
-    """Clean each chunk and write it as one row group of sequences; the user map beside it."""
+    """Clean each chunk and write the sequences (row groups of whole chunks, at least
+    ROW_GROUP_USERS users each but the last); the user map beside them."""
     item_counts = np.zeros(n_items, dtype=np.int64)
-    dropped, kept_users, lengths_kept, user_map_parts = Dropped(), 0, [], []
+    dropped, kept_users, lengths_kept, user_map_parts, pending = Dropped(), 0, [], [], []
     schema = sequences_schema(user_ids.type, item_ids.type)
     with atomic_file(paths.sequences) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for rows in progress(spill.chunks(), desc="raw: sequences", unit=" chunks"):
@@ -183,9 +185,14 @@ def write_sequences(
             np.cumsum(lengths, out=offsets[1:])
             chunk_user_ids = user_ids.take(pa.array(codes))
             items = pa.ListArray.from_arrays(pa.array(offsets), item_ids.take(pa.array(item)))
-            writer.write_table(pa.table({"user_index": index, "user_id": chunk_user_ids, "items": items}, schema=schema))
+            pending.append(pa.table({"user_index": index, "user_id": chunk_user_ids, "items": items}, schema=schema))
+            if kept_users - int(pending[0]["user_index"][0].as_py()) >= ROW_GROUP_USERS:
+                writer.write_table(pa.concat_tables(pending).combine_chunks())
+                pending = []
             user_map_parts.append(pa.table({"user_index": index, "user_id": chunk_user_ids}))
             lengths_kept.append(lengths)
+        if pending:
+            writer.write_table(pa.concat_tables(pending).combine_chunks())
         if kept_users == 0:
             raise UserError(
                 f"{paths.resolve_input(raw.input)}: no users left after min length {raw.min_length()} "
