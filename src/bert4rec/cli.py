@@ -10,7 +10,7 @@ import sys
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) is not for users; errors stay.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bert4rec.errors import UserError
+from bert4rec.errors import UserError, disk_full_path, is_disk_full
 from bert4rec.fileio import release_locks
 
 COMMANDS = {
@@ -60,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a full disk where no atomic write could name the file
+        if not is_disk_full(error):
+            raise
+        logging.getLogger("bert4rec").debug("disk full", exc_info=True)
+        where = disk_full_path(error) or "writing the outputs"
+        print(f"error: {where}: no space left on device; free some space and rerun", file=sys.stderr)
+        return 2
     finally:
         release_locks()
 

@@ -9,7 +9,6 @@ is one error naming the path, with the temporary removed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -24,12 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
-from bert4rec.errors import UserError
+from bert4rec.errors import UserError, is_disk_full
 
 TEMPORARY = re.compile(r"^\..+\.(?P<pid>[0-9]+)-\w+\.tmp$")
 CLOCK_SLACK_SECONDS = 2.0  # process start times are known to about a second
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
 
 
 _held_locks: list = []  # files locked until the command ends (see hold_lock)
@@ -87,15 +84,6 @@ def _make_parent(path: Path) -> None:
 
 # ---------------------------------------------------------------- a full disk
 
-def is_disk_full(error: BaseException) -> bool:
-    """ENOSPC/EDQUOT, raised by Python or by a library that only keeps the message (TensorFlow)."""
-    if isinstance(error, UserError):
-        return False
-    if isinstance(error, OSError) and error.errno in DISK_FULL:
-        return True
-    return any(text in str(error) for text in DISK_FULL_TEXT)
-
-
 def _mount_point(path: Path) -> Path:
     path = path.resolve()
     while not path.exists() or not os.path.ismount(path):
@@ -103,21 +91,21 @@ def _mount_point(path: Path) -> Path:
     return path
 
 
-def disk_full(path: Path) -> UserError:
+def disk_full(path: Path, writing: str = "") -> UserError:
     mount = _mount_point(path)
     free = shutil.disk_usage(mount).free / 1e6
-    return UserError(f"{path}: no space left on device ({free:.1f} MB free on {mount}); nothing was written, "
-                     "free some space and rerun")
+    return UserError(f"{path}: no space left on device{writing} ({free:.1f} MB free on {mount}); nothing was "
+                     "written, free some space and rerun")
 
 
 @contextlib.contextmanager
-def disk_full_names(path: Path) -> Iterator[None]:
-    """Turn a full disk inside the block into one error naming `path`."""
+def disk_full_names(path: Path, writing: str = "") -> Iterator[None]:
+    """Turn a full disk inside the block into one error naming `path` (and what was being written)."""
     try:
         yield
     except Exception as error:
         if is_disk_full(error):
-            raise disk_full(path) from None
+            raise disk_full(path, writing) from None
         raise
 
 
@@ -262,7 +250,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 def scratch_file(folder: Path, name: str) -> Iterator[Path]:
     """A temporary file in `folder` for a stage's intermediate data, removed when the block ends."""
     ensure_dir(folder)
-    with disk_full_names(folder / name):
+    with disk_full_names(folder, f" while writing the temporary {name} file"):
         tmp = _temporary(folder, name, directory=False)
         try:
             yield tmp

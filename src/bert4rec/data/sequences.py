@@ -55,7 +55,7 @@ class Spill:
         chunk = users // self.users_per_chunk
         order = np.argsort(chunk, kind="stable")
         ids, starts, counts = np.unique(chunk[order], return_index=True, return_counts=True)
-        rows[order].tofile(self.handle)
+        self.handle.write(rows[order].view(np.uint8))  # (ndarray.tofile loses the errno of a full disk)
         self.parts.append(np.stack([ids, starts + self.rows, counts], axis=1))
         self.rows += len(rows)
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from bert4rec.data.manifest import Manifest
 from bert4rec.data.records import FIRST_ITEM
 from bert4rec.errors import UserError
-from bert4rec.fileio import parquet_stream
+from bert4rec.fileio import all_or_nothing, parquet_stream
 from bert4rec.model import recommend, store
 from bert4rec.model.distribute import Worker, cluster_worker
 from bert4rec.params import Params
@@ -93,7 +93,7 @@ def run(paths: ProjectPaths, params: Params) -> dict:
     targets = {kind: (out / f"{kind}.parquet" if worker.count == 1 else
                       parts.part_file(out, kind, worker.index, worker.count, ".parquet")) for kind in kinds}
     with tracking.stage_run("inference", paths, params, sections=("inference",), model_name=name,
-                            record=worker.chief), contextlib.ExitStack() as files:
+                            record=worker.chief), all_or_nothing(), contextlib.ExitStack() as files:
         outputs = Outputs(files, targets, user_ids(paths), store.item_ids(folder), info.model.hidden_size,
                           keyed=worker.count > 1)
         started, count = time.perf_counter(), 0

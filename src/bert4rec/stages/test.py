@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from bert4rec.data.manifest import Manifest
 from bert4rec.data.records import FIRST_ITEM
-from bert4rec.fileio import atomic_file, write_json
+from bert4rec.fileio import all_or_nothing, atomic_file, write_json
 from bert4rec.model import metrics, recommend, store
 from bert4rec.model.distribute import cluster_worker
 from bert4rec.params import Params
@@ -40,7 +40,8 @@ def run(paths: ProjectPaths, params: Params) -> dict:
                     "most_popular": recommend.PopularityRecommender(popularity)}
     worker = cluster_worker()
     sampling = recommend.Sampling(tp.sampled_negatives, popularity, params.train_val.seed + worker.index)
-    with tracking.stage_run("test", paths, params, sections=("test",), model_name=name, record=worker.chief):
+    with tracking.stage_run("test", paths, params, sections=("test",), model_name=name, record=worker.chief), \
+            all_or_nothing():
         started = time.perf_counter()
         results = recommend.evaluate(recommenders, manifest, "test", tp.batch_size, sampling, worker)
         seconds = time.perf_counter() - started

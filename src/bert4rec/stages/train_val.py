@@ -19,7 +19,7 @@ from pathlib import Path
 from bert4rec.data import vocabulary
 from bert4rec.data.manifest import Manifest
 from bert4rec.errors import UserError
-from bert4rec.fileio import write_curves, write_json
+from bert4rec.fileio import all_or_nothing, atomic_file, write_curves, write_json
 from bert4rec.model import export, recommend, runtime, store
 from bert4rec.model.distribute import Worker, cluster_worker
 from bert4rec.model.trainer import Trainer
@@ -66,7 +66,8 @@ def keep_final_state(trainer: Trainer, folder: Path, area: Path) -> None:
         final.mkdir(parents=True)
         for path in (store.checkpoints(area)[-1][1], area / "best.npz"):
             if path.exists():
-                shutil.copy2(path, final / path.name)
+                with atomic_file(final / path.name) as tmp:
+                    shutil.copy2(path, tmp)
         for other in area.parent.iterdir():
             if other == area or not other.name.startswith(area.name):
                 shutil.rmtree(other, ignore_errors=True)
@@ -108,10 +109,11 @@ def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
             stopped_early=state.stopped_early, valid=metrics,
             training_sequences_per_second=round(trainer.throughput.per_second, 2),
             training_seconds=round(trainer.throughput.seconds, 2)))
-        save_model(trainer.model, folder, params, info, paths)
+        with all_or_nothing():  # the trained model's files appear together; the resumable state stays till then
+            save_model(trainer.model, folder, params, info, paths)
+            if worker.chief:
+                write_curves(paths.results_dir(name) / "train_val_curves.csv", curves)
         keep_final_state(trainer, folder, area)
-        if worker.chief:
-            write_curves(paths.results_dir(name) / "train_val_curves.csv", curves)
         tracking.log_metrics({f"best_valid_{k}": v for k, v in metrics.items()})
         for artifact in ("valid_metrics.json", "config.yaml", store.INFO):
             tracking.log_artifact(folder / artifact)
