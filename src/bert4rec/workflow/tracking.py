@@ -14,6 +14,7 @@ projects/<name>/config/config_mlflow.yaml, as the predecessor's users expect.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -32,6 +33,7 @@ from typing import Iterator
 import psutil
 import yaml
 
+from bert4rec import secrets
 from bert4rec.errors import UserError
 from bert4rec.fileio import atomic_file
 from bert4rec.params import Params
@@ -76,8 +78,18 @@ def tracking_uri(paths: ProjectPaths) -> str:
 
 
 def uri_for_root(root: Path) -> str:
+    """The tracking URI, never with credentials in it: `http://user:password@host` hands them to
+    MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD, so the URI can be shown and recorded."""
     load_env(root)
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    clean, user, password = secrets.split_credentials(uri)
+    if user is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password or "")
+        os.environ["MLFLOW_TRACKING_URI"] = clean
+    return clean
 
 
 def experiment_name(paths: ProjectPaths) -> str:
@@ -99,8 +111,15 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     """A tracking server that does not answer is one clear error, not minutes of retries."""
     if not uri.startswith(("http://", "https://")):
         return
+    request = urllib.request.Request(uri.rstrip("/") + "/health")
+    user, token = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if user:
+        pair = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
+    elif token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             if response.status >= 500:
                 raise UserError(f"MLflow tracking server {uri} answered HTTP {response.status}")
     except urllib.error.HTTPError as error:

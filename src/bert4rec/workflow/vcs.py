@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bert4rec import secrets
 from bert4rec.errors import UserError
 
 log = logging.getLogger("bert4rec.vcs")
@@ -40,7 +41,8 @@ def dvc_executable() -> str:
 
 def _run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None,
          capture: bool = True) -> subprocess.CompletedProcess:
-    log.debug("$ %s", " ".join(args))
+    shown = secrets.masked(" ".join(args))
+    log.debug("$ %s", shown)
     try:
         result = subprocess.run(
             args, cwd=cwd, env=env, text=True,
@@ -50,7 +52,7 @@ def _run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None
         raise UserError(f"{args[0]}: command not found") from None
     if check and result.returncode != 0:
         detail = (result.stderr or result.stdout or "").strip() if capture else ""
-        raise UserError(f"`{' '.join(args)}` failed (exit {result.returncode})" + (f": {detail}" if detail else ""))
+        raise UserError(f"`{shown}` failed (exit {result.returncode})" + (f": {secrets.masked(detail)}" if detail else ""))
     return result
 
 
@@ -238,8 +240,8 @@ def configure_remotes(root: Path, env: dict | None = None) -> str:
     for key, value in settings.items():
         if value:
             dvc(root, "remote", "modify", "--local", "storage", key, value)
-    endpoint = settings["endpointurl"]
-    return f"dvc: remote {url}" + (f" (endpoint {endpoint})" if endpoint else "")
+    endpoint = secrets.without_credentials(settings["endpointurl"])
+    return f"dvc: remote {secrets.without_credentials(url)}" + (f" (endpoint {endpoint})" if endpoint else "")
 
 
 def dvc_push(root: Path) -> str:
@@ -249,14 +251,14 @@ def dvc_push(root: Path) -> str:
         return "dvc: no remote configured; outputs stay in the local cache"
     result = dvc(root, "push", "-q", check=False)
     if result.returncode != 0:
-        endpoint = _remote_endpoint(root, name)
-        where = url + (f" (endpoint {endpoint})" if endpoint else "")
-        detail = (result.stderr or result.stdout).strip().splitlines()
+        endpoint = secrets.without_credentials(_remote_endpoint(root, name))
+        where = secrets.without_credentials(url) + (f" (endpoint {endpoint})" if endpoint else "")
+        detail = secrets.masked(result.stderr or result.stdout).strip().splitlines()
         raise UserError(
             f"dvc push to remote '{name}' at {where} failed: {detail[-1] if detail else 'unknown error'}; "
             "the results are committed locally, run `dvc push` when the remote is reachable"
         )
-    return f"dvc: pushed outputs to {url}"
+    return f"dvc: pushed outputs to {secrets.without_credentials(url)}"
 
 
 def dvc_pull(root: Path, *targets: str) -> None:
@@ -264,4 +266,4 @@ def dvc_pull(root: Path, *targets: str) -> None:
     result = dvc(root, "pull", "-q", *targets, check=False)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
-        raise UserError(f"dvc pull from remote '{name}' at {url} failed: {detail[-1] if detail else 'unknown error'}")
+        raise UserError(f"dvc pull from remote '{name}' at {secrets.without_credentials(url)} failed: {detail[-1] if detail else 'unknown error'}")
