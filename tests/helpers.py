@@ -38,3 +38,23 @@ def set_params(project: Path, **sections) -> None:
     """Merge values into a project's params.yaml, section by section."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     (project / "params.yaml").write_text(yaml.safe_dump(merge(params, sections)))
+
+
+def write_file(folder: Path, name: str, content: bytes | str) -> Path:
+    path = folder / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def single_error(stderr: str) -> str:
+    """The one `error: ...` line a failed command printed; a traceback or a second error fails."""
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    return errors[0]
+
+
+def written_files(project: Path) -> list[str]:
+    """Every file the stages wrote under a project (its params.yaml and input excepted; empty
+    folders do not count)."""
+    return sorted(str(p.relative_to(project)) for p in project.rglob("*")
+                  if not p.is_dir() and p.name != "params.yaml" and "external" not in p.relative_to(project).parts)

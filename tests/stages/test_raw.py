@@ -8,7 +8,7 @@ import yaml
 
 from bert4rec import cli
 from bert4rec.tools import synthetic
-from helpers import make_project, shared_file
+from helpers import make_project, shared_file, single_error, write_file
 
 
 def run_raw(project):
@@ -119,10 +119,7 @@ def test_pickle_needs_opt_in(tmp_path, capsys):
     assert summary(project)["users"] == 10
 
 
-def write(tmp_path, name, content: bytes | str):
-    path = tmp_path / name
-    path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    return path
+write = write_file
 
 
 def truncated_gzip(tmp_path):
@@ -150,10 +147,7 @@ def test_bad_input_is_one_clear_error_and_no_output(tmp_path, capsys, make_input
     project.mkdir()
     (project / "params.yaml").write_text(yaml.safe_dump({"raw": {"input": str(path), **params}}))
     assert run_raw(project) == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    assert re.search(message, errors[0]), err
+    assert re.search(message, single_error(capsys.readouterr().err))
     assert leftovers(project) == []  # nothing partial, no temp files
 
 

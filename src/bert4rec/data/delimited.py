@@ -69,16 +69,21 @@ def _open_binary(path: Path):
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text without the line break); bytes that are not UTF-8 are an error."""
+    """(1-based line number, text without the line break), a line break being \\n, \\r\\n or a lone
+    \\r as for Arrow; bytes that are not UTF-8 are an error naming the line."""
+    number = 0
     with _open_binary(path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                yield number, raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as error:
-                raise UserError(f"{path}: line {number}, byte {error.start + 1}: {raw[:60]!r} is not UTF-8 text; "
-                                "save the file as UTF-8") from None
+        for chunk in handle:
+            if number == 0 and chunk.startswith(b"\xef\xbb\xbf"):
+                chunk = chunk[3:]
+            chunk = chunk[:-2] if chunk.endswith(b"\r\n") else chunk.removesuffix(b"\n")
+            for raw in chunk.split(b"\r"):
+                number += 1
+                try:
+                    yield number, raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise UserError(f"{path}: line {number}, byte {error.start + 1}: {raw[:60]!r} is not UTF-8 "
+                                    "text; save the file as UTF-8") from None
 
 
 def _head(path: Path) -> tuple[int, list[str]]:
