@@ -23,7 +23,7 @@ install: ## create .venv with the pinned dependencies (requirements.lock) and th
 check: | $(B4R) browser ## run the test suite (installs first on a fresh clone; the test *stage* is `make test`)
 	$(BIN)/python -m pytest -q
 
-check-faults: | $(B4R) ## the slow fault tests: killed runs, concurrent runs, outages (also run by CI)
+check-faults: | $(B4R) ## the slow fault tests: killed runs, concurrent runs, outages, full disks (mounts a tmpfs: root), secrets (also run by CI)
 	$(BIN)/python -m pytest -q -m faults
 
 browser: ## headless Chromium for the MLflow UI test: installed with apt-get when missing (as root), else how to
