@@ -233,17 +233,26 @@ def _put_in_place(tmp: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+def _atomic(path: str | Path, directory: bool) -> Iterator[Path]:
     path = Path(path)
     _make_parent(path)
     with disk_full_names(path):
-        tmp = _temporary(path.parent, path.name, directory=False)
+        tmp = _temporary(path.parent, path.name, directory)
         try:
             yield tmp
             _put_in_place(tmp, path)
         finally:
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
+
+
+def atomic_file(path: str | Path) -> contextlib.AbstractContextManager[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    return _atomic(path, directory=False)
+
+
+def atomic_dir(path: str | Path) -> contextlib.AbstractContextManager[Path]:
+    """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds."""
+    return _atomic(path, directory=True)
 
 
 @contextlib.contextmanager
@@ -263,20 +272,6 @@ def parquet_stream(path: str | Path, schema: pa.Schema) -> Iterator[Callable[[pa
     """Write a Parquet file a row group at a time (memory flat); in place only if the block succeeds."""
     with atomic_file(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         yield writer.write_table
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds."""
-    path = Path(path)
-    _make_parent(path)
-    with disk_full_names(path):
-        tmp = _temporary(path.parent, path.name, directory=True)
-        try:
-            yield tmp
-            _put_in_place(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | Path, data: dict) -> None:

@@ -236,22 +236,22 @@ def _one_line(path: Path, error: Exception) -> str:
 def _standard(batches: list[pa.RecordBatch], rename: dict[str, str], layout: Layout, path: Path) -> pa.Table:
     table = pa.Table.from_batches(batches)
     table = table.rename_columns([rename[name] for name in table.column_names])
+    table = columns.standardise(table, layout.user, layout.item, layout.timestamp, path)
     if _suspicious(table, layout):
         problem = first_bad_line(path, layout)
         if problem:
             raise LineError(problem)
-    return columns.standardise(table, layout.user, layout.item, layout.timestamp, path)
+    return table
 
 
 def _suspicious(table: pa.Table, layout: Layout) -> bool:
     """Rows that may be a comment or a repeated header (confirmed by first_bad_line)."""
-    user = pc.utf8_trim_whitespace(table.column(layout.user))
+    user = table.column("user")
     if pc.any(pc.starts_with(user, "#")).as_py():
         return True
     if not layout.header:
         return False
-    item = pc.utf8_trim_whitespace(table.column(layout.item))
-    return pc.any(pc.and_(pc.equal(user, layout.user), pc.equal(item, layout.item))).as_py()
+    return pc.any(pc.and_(pc.equal(user, layout.user), pc.equal(table.column("item"), layout.item))).as_py()
 
 
 def first_bad_line(path: Path, layout: Layout) -> str | None:

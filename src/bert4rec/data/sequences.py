@@ -165,6 +165,11 @@ def clean_chunk(rows: np.ndarray, raw: RawParams, dropped: Dropped) -> tuple[np.
     return codes[long_enough], lengths[long_enough], item[np.repeat(long_enough, lengths)]
 
 
+def _one_table(parts: list[pa.Table]) -> pa.Table:
+    """Chunks written as one row group (a single chunk as it is: no copy)."""
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts).combine_chunks()
+
+
 def write_sequences(
     paths: ProjectPaths, raw: RawParams, spill: Spill, user_ids: pa.Array, item_ids: pa.Array, n_items: int
 ) -> dict:
@@ -187,12 +192,12 @@ def write_sequences(
             items = pa.ListArray.from_arrays(pa.array(offsets), item_ids.take(pa.array(item)))
             pending.append(pa.table({"user_index": index, "user_id": chunk_user_ids, "items": items}, schema=schema))
             if kept_users - int(pending[0]["user_index"][0].as_py()) >= ROW_GROUP_USERS:
-                writer.write_table(pa.concat_tables(pending).combine_chunks())
+                writer.write_table(_one_table(pending))
                 pending = []
             user_map_parts.append(pa.table({"user_index": index, "user_id": chunk_user_ids}))
             lengths_kept.append(lengths)
         if pending:
-            writer.write_table(pa.concat_tables(pending).combine_chunks())
+            writer.write_table(_one_table(pending))
         if kept_users == 0:
             raise UserError(
                 f"{paths.resolve_input(raw.input)}: no users left after min length {raw.min_length()} "
