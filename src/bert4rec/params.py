@@ -70,7 +70,7 @@ class RawParams(Section):
 
 
 class TfrecordParams(Section):
-    max_seq_length: int = Field(200, ge=2)  # at least one item and the [MASK] slot
+    max_seq_length: int = Field(200, gt=0)
     masked_lm_prob: float = Field(0.2, ge=0.0, le=1.0)
     max_predictions_per_seq: int = Field(40, gt=0)
     mask_prob: float = Field(1.0, ge=0.0, le=1.0)
@@ -81,6 +81,14 @@ class TfrecordParams(Section):
     num_shards: int = Field(4, ge=1)
     pool_size: int = Field(2, ge=1)
     seed: int = Field(12345, ge=0)
+
+    @field_validator("max_seq_length")
+    @classmethod
+    def _room_for_an_item(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError("must be at least 2: training windows hold max_seq_length - 1 items (1 gives no "
+                             "training examples) and every evaluation example an item and [MASK]")
+        return value
 
     @field_validator("prop_sliding_window")
     @classmethod

@@ -102,7 +102,8 @@ def test_hostile_file_is_one_clear_error(tmp_path, capsys, make_input, params, m
     (b"raw:\n  min_history_length: 1\n", r"params\.yaml: raw: raw\.min_history_length \(1\) is below the 3 items raw\.task "
                                          r"train_val_test needs"),
     (b"tfrecord:\n  max_seq_length: 1\n  max_predictions_per_seq: 1\n",
-     r"params\.yaml: tfrecord\.max_seq_length: Input should be greater than or equal to 2 \(got 1\)"),
+     r"params\.yaml: tfrecord\.max_seq_length: must be at least 2: training windows hold max_seq_length - 1 items "
+     r"\(1 gives no training examples\).* \(got 1\)"),
 ])
 def test_hostile_params_file_is_one_clear_error(tmp_path, capsys, content, message):
     project = make_project(tmp_path / "p", write_file(tmp_path, "e.csv", CSV))
