@@ -54,7 +54,8 @@ def single_error(stderr: str) -> str:
 
 
 def written_files(project: Path) -> list[str]:
-    """Every file the stages wrote under a project (its params.yaml and input excepted; empty
-    folders do not count)."""
+    """Every file the stages wrote under a project (its params.yaml, input and the stages' lock
+    file excepted; empty folders do not count)."""
     return sorted(str(p.relative_to(project)) for p in project.rglob("*")
-                  if not p.is_dir() and p.name != "params.yaml" and "external" not in p.relative_to(project).parts)
+                  if not p.is_dir() and p.name != "params.yaml" and not p.name.startswith(".bert4rec")
+                  and "external" not in p.relative_to(project).parts)

@@ -49,8 +49,13 @@ def hold_lock(path: Path, holder: str, busy: str) -> None:
         raise UserError(f"{busy}: {owner} holds {path}; wait for it to finish or stop it") from None
     handle.seek(0)
     handle.truncate()
-    handle.write(f"{holder} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})\n")
-    handle.flush()
+    try:
+        with disk_full_names(path):
+            handle.write(f"{holder} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})\n")
+            handle.flush()
+    except BaseException:
+        handle.close()
+        raise
     _held_locks.append(handle)
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from bert4rec import fileio
 from bert4rec.data.manifest import Manifest
-from helpers import make_project, run_stage, set_params, single_error
+from helpers import make_project, run_stage, set_params, single_error, written_files
 
 pytestmark = pytest.mark.faults
 
@@ -107,14 +107,16 @@ def test_killed_tfrecord_leaves_temporaries_that_the_rerun_removes(tmp_path, big
 
 
 def test_a_running_stages_temporaries_are_left_alone(tmp_path, big_input):
-    """A second raw run on the same project while the first is still spilling: the first one's
-    temporaries survive the second run's sweep, and both finish normally."""
+    """While raw is still spilling, another process's sweep of the folder keeps its temporaries
+    (and a second raw on the project is refused by the project's lock); the first one finishes."""
     project = make_project(tmp_path / "p", big_input)
     interim = project / "data" / "interim"
     first = start("raw", project, tmp_path / "first.log")
     spill = wait_for(interim, "raw-spill", first, tmp_path / "first.log")
     assert fileio.remove_stale_temporaries(interim) == [] and spill.exists()
-    rerun("raw", project)  # the second run sweeps interim/ when it makes its own spill
+    second = subprocess.run([str(BIN / "bert4rec"), "raw", "--project", str(project)], capture_output=True, text=True,
+                            env={**os.environ, "BERT4REC_TRACKING": "off"})
+    assert second.returncode == 2 and "is busy" in single_error(second.stderr) and spill.exists()
     assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()[-2000:]
     assert temporaries(project) == []
     assert json.loads((interim / "raw_summary.json").read_text())["users"] == 150000
@@ -130,13 +132,15 @@ OUTPUTS = {
     "inference": ["results/tiny/predictions.parquet", "results/tiny/user_embeddings.parquet"],
 }
 # What a train_val stopped by a full disk keeps for a rerun to resume from (each file complete):
-# the model description written before training, checkpoints and the TensorBoard log.
-RESUMABLE = re.compile(r"models/tiny/(config\.yaml|items\.parquet|model\.json|checkpoints/.+\.npz|tensorboard/.+)")
+# the model description written before training, the checkpoints (in the resumable area outside
+# DVC's outputs) and the TensorBoard log.
+RESUMABLE = re.compile(r"models/tiny/(config\.yaml|items\.parquet|model\.json|tensorboard/.+)"
+                       r"|checkpoints/tiny/[^/]+/.+\.npz")
 LEAVE_BYTES = (0, 8 << 10, 96 << 10, 512 << 10, 4 << 20)
 
 
 def files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir()}
+    return set(written_files(root))
 
 
 def fill(disk: Path, leave: int) -> None:
