@@ -256,17 +256,29 @@ def _ids(column: pa.ChunkedArray, name: str, path: Path) -> pa.ChunkedArray:
 
 
 def _times(column: pa.ChunkedArray, name: str, path: Path) -> pa.ChunkedArray:
+    """Numbers stay numbers (unix seconds for a time split); dates and date strings become
+    timestamp[ns] (see event_times)."""
     if column.null_count:
         raise UserError(f"{path}: column '{name}' has missing timestamps")
     kind = column.type
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
-        return pc.cast(pc.cast(column, pa.timestamp("ns")), pa.int64())
+        return pc.cast(column, pa.timestamp("ns"))
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         return pc.cast(column, pa.float64()) if pa.types.is_floating(kind) else pc.cast(column, pa.int64())
     try:
-        return pc.cast(pc.cast(column, pa.timestamp("ns")), pa.int64())
+        return pc.cast(column, pa.timestamp("ns"))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise UserError(f"{path}: column '{name}' is not a timestamp (numbers or dates expected)") from None
+
+
+def event_times(table: pa.Table) -> tuple[np.ndarray | None, str | None]:
+    """A table's timestamps as numbers and their unit: 'ns' for dates, 's' for numbers."""
+    if "timestamp" not in table.column_names:
+        return None, None
+    column = table.column("timestamp")
+    if pa.types.is_timestamp(column.type):
+        return pc.cast(column, pa.int64()).to_numpy(), "ns"
+    return column.to_numpy(), "s"
 
 
 def _parquet_tables(path: Path, params: RawParams) -> Iterator[pa.Table]:

@@ -11,9 +11,13 @@ import logging
 import multiprocessing
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from bert4rec.data.examples import SPLITS_BY_TASK, ShardJob, build_shard, feature_spec
 from bert4rec.data.manifest import NO_EFFECT_ON_OUTPUT, Manifest, Shard, Split, UnknownItems, VocabularyRef
 from bert4rec.data.records import FIRST_ITEM, MASK, PAD, shard_name
+from bert4rec.data.sequences import time_unit
+from bert4rec.data.timesplit import Windows, split_dates
 from bert4rec.data.vocabulary import build_vocabulary, load_vocabulary
 from bert4rec.errors import UserError
 from bert4rec.fileio import atomic_dir
@@ -38,14 +42,16 @@ def run(paths: ProjectPaths, params: Params) -> Manifest:
     tf_params, task = params.tfrecord, params.raw.task
     if not paths.sequences.exists():
         raise UserError(f"{paths.sequences}: sequences not found; run the raw stage first")
+    windows = time_windows(paths, params)
     if task in ("train_val_test", "train_val"):
-        vocab_size = build_vocabulary(paths.sequences, paths.item_vocab)
+        vocab_size = build_vocabulary(paths.sequences, paths.item_vocab, None if windows is None else windows.validation_start)
         log.info("item vocabulary: %d items -> %s", vocab_size, paths.item_vocab)
     else:
         vocab_size = len(load_vocabulary(paths.item_vocab))
         log.info("reusing item vocabulary %s (%d items)", paths.item_vocab, vocab_size)
     with atomic_dir(paths.records) as out:
-        jobs = [ShardJob(s, paths.sequences, paths.item_vocab, out, tf_params, task) for s in range(tf_params.num_shards)]
+        jobs = [ShardJob(s, paths.sequences, paths.item_vocab, out, tf_params, task, windows)
+                for s in range(tf_params.num_shards)]
         workers = min(tf_params.pool_size, tf_params.num_shards)
         if workers > 1:
             with multiprocessing.get_context("fork").Pool(workers) as pool:
@@ -63,11 +69,24 @@ def run(paths: ProjectPaths, params: Params) -> Manifest:
             splits={split: _split(split, results, out, tf_params) for split in SPLITS_BY_TASK[task]},
             unknown_items=UnknownItems(**{key: sum(r["unknown"][key] for r in results)
                                           for key in ("input_items", "targets")}),
+            split_method=params.raw.split,
+            split_dates=None if windows is None else split_dates(params.raw),
         )
         manifest.write(out)
     manifest = Manifest.read(paths.records)
     _report(manifest, paths)
     return manifest
+
+
+def time_windows(paths: ProjectPaths, params: Params) -> Windows | None:
+    """A time split's dates in the sequences' time unit; the sequences must carry timestamps."""
+    if params.raw.split != "time":
+        return None
+    unit = time_unit(pq.read_schema(paths.sequences))
+    if unit is None:
+        raise UserError(f"{paths.sequences}: raw.split is time but the sequences have no timestamps; "
+                        "rerun the raw stage")
+    return Windows.of(params.raw, unit)
 
 
 def _split(split: str, results: list[dict], out: Path, tf_params) -> Split:
