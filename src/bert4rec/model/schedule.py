@@ -11,7 +11,7 @@ without a better validation NDCG@10 (0: never), and ends with the best weights s
 so the next phase starts from them. With training_time_limit_seconds the remaining budget is
 shared among the remaining phases in proportion to their steps. Without an explicit
 train_val.finetune_schedule, a model warm-started from init_from follows the default: head and
-output, then one more block at a time from the top, then all; num_train_steps split evenly.
+output, then one more block at a time from the top, then all (see default_schedule).
 Finished phases are recorded in checkpoints/phases.json, so an interrupted run resumes inside
 the phase it was in.
 """
@@ -50,15 +50,18 @@ def variables_of(model, parts: list[str]) -> list:
 
 
 def default_schedule(params: TrainValParams) -> list[Phase]:
-    """head + output, then one more block at a time from the top, then all; steps split evenly."""
+    """head + output, then one more block at a time from the top, then all. The partly frozen
+    phases share half of num_train_steps evenly; `all` gets the rest (it is the only phase that
+    trains the embeddings, so the only one in which new items learn their rows)."""
     layers = params.model.num_hidden_layers
     groups = [["head", "output"]]
     groups += [groups[0] + [f"block_{j}" for j in range(layers - 1, i - 1, -1)] for i in range(layers - 1, -1, -1)]
     groups.append(["all"])
-    each = params.num_train_steps // len(groups)
+    each = params.num_train_steps // (2 * (len(groups) - 1))
     if each < 1:
-        raise UserError(f"train_val.num_train_steps ({params.num_train_steps}) is below the {len(groups)} phases "
-                        "of the default fine-tuning schedule; raise it or set train_val.finetune_schedule")
+        raise UserError(f"train_val.num_train_steps ({params.num_train_steps}) is too small for the "
+                        f"{len(groups)} phases of the default fine-tuning schedule (at least {2 * (len(groups) - 1)}); "
+                        "raise it or set train_val.finetune_schedule")
     steps = [each] * (len(groups) - 1) + [params.num_train_steps - each * (len(groups) - 1)]
     return [Phase(train=group, steps=count, early_stopping_patience=params.early_stopping_patience)
             for group, count in zip(groups, steps)]

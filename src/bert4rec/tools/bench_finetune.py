@@ -4,7 +4,8 @@ A model is pretrained on the events before 1998-01-01 (validated on the last two
 1997). The later period is split by time (train from 1998-01-01, validation from 1998-03-15,
 test from 1998-04-01) and trained on with the same wall-clock budget: from scratch, fine-tuned
 with the default gradual schedule, fine-tuned with everything unfrozen at once, and fine-tuned
-gradually with random rows instead of mean rows for the items the pretrained model never saw.
+with everything at once with random rows instead of mean rows for the items the pretrained model
+never saw.
 Each stage runs as its own process; results in bench/finetune.json.
 """
 
@@ -43,7 +44,8 @@ VARIANTS = {
     "scratch": {},
     "finetune_gradual": {"init_from": PARENT},  # the default schedule: head, +block_1, +block_0, all
     "finetune_all_at_once": {"init_from": PARENT, "finetune_schedule": [{"train": ["all"], "steps": 100000}]},
-    "finetune_gradual_random_new_items": {"init_from": PARENT, "new_item_init": "random"},
+    "finetune_all_at_once_random_new_items": {"init_from": PARENT, "new_item_init": "random",
+                                              "finetune_schedule": [{"train": ["all"], "steps": 100000}]},
 }
 
 
