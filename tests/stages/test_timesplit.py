@@ -94,6 +94,10 @@ def test_evaluation_readers_keep_every_target_of_a_user_in_order(split_project):
         lengths = np.concatenate([np.diff(c.offsets) for c in chunks])
         assert users.tolist() == sorted(users.tolist()) and len(users) == 4
         assert lengths[users == 0].tolist() == [3, 4]  # user a's two targets, in time order
+    assert manifest.splits["valid"].users == 3 and manifest.splits["test"].users == 3
+    sample = inputs.sample_rows(manifest, "valid", 2, seed=1)  # a sample of users keeps all their targets
+    counts = dict(zip(*np.unique(sample.user_index, return_counts=True)))
+    assert len(counts) == 2 and all(n == (2 if user == 0 else 1) for user, n in counts.items())
 
 
 @pytest.mark.parametrize("rows, raw, message", [

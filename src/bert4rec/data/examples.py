@@ -132,6 +132,7 @@ def build_shard(job: ShardJob) -> dict:
     rng = np.random.default_rng([params.seed, job.shard])
     splits = SPLITS_BY_TASK[job.task]
     counts = {split: 0 for split in splits}
+    users_with = {split: 0 for split in splits}
     unknown = {"input_items": 0, "targets": 0}
     handles = {split: open(job.out / shard_name(split, job.shard, params.num_shards), "wb") for split in splits}
     try:
@@ -140,14 +141,15 @@ def build_shard(job: ShardJob) -> dict:
                 if split == "train":
                     counts[split] += _write_training(handles[split], users, job, FIRST_ITEM + len(vocab), rng)
                 else:
-                    written, missed = _write_evaluation(handles[split], split, users, job)
+                    written, evaluated, missed = _write_evaluation(handles[split], split, users, job)
                     counts[split] += written
+                    users_with[split] += evaluated
                     unknown["targets"] += missed
             unknown["input_items"] += int((users.tokens < 0).sum())
     finally:
         for handle in handles.values():
             handle.close()
-    return {"shard": job.shard, "counts": counts, "unknown": unknown}
+    return {"shard": job.shard, "counts": counts, "users": users_with, "unknown": unknown}
 
 
 def _shard_users(job: ShardJob, vocab):
@@ -177,10 +179,11 @@ def _write_training(handle, users: Users, job: ShardJob, num_tokens: int, rng) -
     return len(arrays[0])
 
 
-def _write_evaluation(handle, split: str, users: Users, job: ShardJob) -> tuple[int, int]:
+def _write_evaluation(handle, split: str, users: Users, job: ShardJob) -> tuple[int, int, int]:
     """Validation/test/inference examples: input window + [MASK], target, seen items.
 
-    Returns (examples written, targets unknown to the vocabulary: written as PAD, a miss).
+    Returns (examples written, users among them, targets unknown to the vocabulary: written as
+    PAD, a miss).
     """
     rows, positions = users.targets(split, job.task)
     target = np.full(len(rows), PAD, dtype=np.int64)
@@ -199,4 +202,4 @@ def _write_evaluation(handle, split: str, users: Users, job: ShardJob) -> tuple[
             "target": target[i:i + 1],
             "history": history[offsets[i]:offsets[i + 1]],
         }))
-    return len(rows), unknown
+    return len(rows), len(np.unique(rows)), unknown

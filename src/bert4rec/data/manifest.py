@@ -31,6 +31,7 @@ class Shard(Strict):
 
 class Split(Strict):
     examples: int
+    users: int | None = None  # users with an example (a time split evaluates some users several times)
     features: dict[str, int]  # feature -> fixed length (-1: variable)
     shards: list[Shard]
 

@@ -329,7 +329,8 @@ class Validation:
 
     def __init__(self, manifest: Manifest, batch_size: int, users: int | None, seed: int):
         self.manifest, self.batch_size = manifest, batch_size
-        self.total = manifest.split("valid").examples
+        valid = manifest.split("valid")
+        self.total = valid.examples if valid.users is None else valid.users  # older manifests: one per user
         if self.total == 0:
             raise UserError(f"{manifest.path}: the 'valid' split is empty; nothing to validate on")
         self.users, self.seed = min(users or self.total, self.total), seed

@@ -93,6 +93,7 @@ def _split(split: str, results: list[dict], out: Path, tf_params) -> Split:
     names = [shard_name(split, r["shard"], tf_params.num_shards) for r in results]
     return Split(
         examples=sum(r["counts"][split] for r in results),
+        users=None if split == "train" else sum(r["users"][split] for r in results),
         features=feature_spec(split, tf_params),
         shards=[Shard(file=name, examples=r["counts"][split], sha256=sha256(out / name)) for name, r in zip(names, results)],
     )
