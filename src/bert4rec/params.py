@@ -169,7 +169,7 @@ class TrainValParams(Section):
     # A trained model (models/<name> of this or another project, relative to the project folder,
     # or an MLflow model URI) whose weights start this training; its vocabulary is reconciled.
     init_from: str | None = Field(None, min_length=1)
-    new_item_init: Literal["mean", "random"] = "mean"  # rows of items the parent never saw
+    new_item_init: Literal["random", "mean"] = "random"  # rows of items the parent never saw (README)
     finetune_schedule: list[Phase] | None = Field(None, min_length=1)  # None: default when init_from
     model: ModelParams = ModelParams()
     loss: Literal["full_softmax", "sampled_softmax"] = "full_softmax"

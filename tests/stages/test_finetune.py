@@ -45,7 +45,7 @@ def test_fine_tune_from_a_model_folder_with_new_and_gone_items(trained, tmp_path
     assert run_stage("train_val", project) == 0
     info = read_json(model_dir(project, "child") / "model.json", "model")
     parent, child = vocabulary_ids(model_dir(trained)), vocabulary_ids(model_dir(project, "child"))
-    assert info["parent"]["model_name"] == "tiny" and info["parent"]["new_item_init"] == "mean"
+    assert info["parent"]["model_name"] == "tiny" and info["parent"]["new_item_init"] == "random"
     assert (info["parent"]["shared_items"], info["parent"]["new_items"], info["parent"]["dropped_items"]) == \
         (len(parent & child), len(child - parent), len(parent - child))
     assert len(child - parent) > 40 and len(parent - child) > 40

@@ -12,8 +12,8 @@ so the next phase starts from them. With training_time_limit_seconds the remaini
 shared among the remaining phases in proportion to their steps. Without an explicit
 train_val.finetune_schedule, a model warm-started from init_from follows the default: head and
 output, then one more block at a time from the top, then all (see default_schedule).
-Finished phases are recorded in checkpoints/phases.json, so an interrupted run resumes inside
-the phase it was in.
+Finished phases are recorded in phases.json beside the checkpoints (and kept with a finished
+model's last checkpoint), so an interrupted run resumes inside the phase it was in.
 """
 
 from __future__ import annotations
