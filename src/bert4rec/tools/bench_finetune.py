@@ -72,9 +72,7 @@ def new_item_metrics(ranks: Path, parent_items: set) -> dict:
 def at_warm_start(later: Path, parent_folder: Path) -> dict:
     """Test NDCG@10 / HR@10 right after the warm start, before any training, per new-item rule:
     over all targets and over the targets the pretrained model never saw."""
-    import keras
-
-    from bert4rec.model import metrics, recommend, warmstart
+    from bert4rec.model import metrics, recommend, runtime, warmstart
     from bert4rec.model.network import build_model
 
     manifest = Manifest.read(later / "data" / "processed" / "records")
@@ -83,7 +81,7 @@ def at_warm_start(later: Path, parent_folder: Path) -> dict:
     new_tokens = warmstart.reconcile(parent.item_ids, items).new_tokens
     out = {}
     for rule in ("mean", "random"):
-        keras.utils.set_random_seed(42)
+        runtime.start("default", 42, False, "off")  # the same random rows for both rules
         model = build_model(manifest.num_tokens, parent.info.model)
         warmstart.warm_start(model, parent, items, rule)
         scorer = recommend.Recommender(recommend.ModelScorer(model))
