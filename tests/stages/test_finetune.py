@@ -54,6 +54,7 @@ def test_fine_tune_from_a_model_folder_with_new_and_gone_items(trained, tmp_path
     assert info["phases"][1]["learning_rate"] == 0.002 and info["trained_steps"] == 40
     curves = pd.read_csv(project / "results" / "child" / "train_val_curves.csv")
     assert curves.groupby("phase")["step"].agg(["min", "max"]).values.tolist() == [[10, 20], [30, 40]]
+    assert sum(p["seconds"] for p in info["phases"]) == pytest.approx(curves["train_seconds"].max(), abs=2)
     assert run_stage("inference", project) == 0  # the new items are candidates like any other
     predicted = set(pd.read_parquet(project / "results" / "child" / "predictions.parquet")["item_id"])
     assert predicted & (child - parent)
@@ -104,10 +105,10 @@ def test_resume_inside_a_schedule(trained, tmp_path, capsys, monkeypatch):
                             keep_checkpoints=5)
     configure = schedule.configure
 
-    def killed_in_phase_two(trainer, base, phase, start, seconds):
+    def killed_in_phase_two(trainer, base, phase, start, *clock):
         if start > 0:
             raise KeyboardInterrupt  # as if the run were killed when the second phase began
-        return configure(trainer, base, phase, start, seconds)
+        return configure(trainer, base, phase, start, *clock)
 
     monkeypatch.setattr(schedule, "configure", killed_in_phase_two)
     assert run_stage("train_val", project) == 130
@@ -135,7 +136,8 @@ def test_fine_tune_from_a_registered_mlflow_model_records_lineage(trained, tmp_p
     paths = ProjectPaths(trained)
     with tracking.stage_run("train_val", paths, load_params(trained / "params.yaml"), sections=("train_val",)):
         parent_run = tracking.current_run_id()
-        logged = tracking.log_model(model_dir(trained))
+        tracking.log_model(model_dir(trained))
+    logged = mlflow.MlflowClient().get_run(parent_run).data.tags["model_uri"]
     version = mlflow.register_model(logged, "tiny-parent").version
     project = child_project(tmp_path, f"models:/tiny-parent/{version}", finetune_schedule=SCHEDULE[1:])
     assert run_stage("train_val", project) == 0

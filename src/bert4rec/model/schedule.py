@@ -8,10 +8,11 @@ Every other variable stays frozen: no gradient, no weight decay, bit-for-bit unc
 A phase runs Trainer.fit() to at most `steps` more steps at its own peak learning rate (warm-up,
 then linear decay within the phase), stops early after `early_stopping_patience` evaluations
 without a better validation NDCG@10 (0: never), and ends with the best weights so far restored,
-so the next phase starts from them. With training_time_limit_seconds the remaining budget is
-shared among the remaining phases in proportion to their steps. Without an explicit
-train_val.finetune_schedule, a model warm-started from init_from follows the default: head and
-output, then one more block at a time from the top, then all (see default_schedule).
+so the next phase starts from them. With training_time_limit_seconds the remaining budget (on
+the trainer's clock, which counts across resumes) is shared among the remaining phases in
+proportion to their steps. Without an explicit train_val.finetune_schedule, a model
+warm-started from init_from follows the default: head and output, then one more block at a
+time from the top, then all (see default_schedule).
 Finished phases are recorded in phases.json beside the checkpoints (and kept with a finished
 model's last checkpoint), so an interrupted run resumes inside the phase it was in.
 """
@@ -19,8 +20,6 @@ model's last checkpoint), so an interrupted run resumes inside the phase it was 
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -74,29 +73,28 @@ def phases_for(params: TrainValParams) -> list[Phase] | None:
     return default_schedule(params) if params.init_from else None
 
 
-@dataclass
-class Budget:
-    """The time budget (training_time_limit_seconds) shared by the phases still to run."""
-
-    seconds: float | None
-    started: float
-
-    def share(self, steps: int, remaining_steps: int) -> float | None:
-        if self.seconds is None:
-            return None
-        left = self.seconds - (time.monotonic() - self.started)
-        return max(left, 1e-3) * steps / remaining_steps
+def phase_seconds(base: TrainValParams, phases: list[Phase], index: int, began: float) -> float | None:
+    """The phase's share of training_time_limit_seconds: the time left (the trainer's clock, which
+    counts across resumes, stood at `began` when it started) times its share of the steps left."""
+    if not base.training_time_limit_seconds:
+        return None
+    left = max(base.training_time_limit_seconds - began, 1e-3)
+    return left * phases[index].steps / sum(p.steps for p in phases[index:])
 
 
-def configure(trainer: Trainer, base: TrainValParams, phase: Phase, start: int, seconds: float | None) -> float:
-    """Point the trainer at one phase: its variables, stopping rule and learning-rate schedule."""
+def configure(trainer: Trainer, base: TrainValParams, phase: Phase, start: int, began: float,
+              seconds: float | None) -> float:
+    """Point the trainer at one phase, which starts at step `start` and `began` seconds into
+    training: its variables, stopping rule, time share and learning-rate schedule."""
     peak = phase.learning_rate or base.learning_rate
     warmup = phase.warmup_steps if phase.warmup_steps is not None else min(base.num_warmup_steps, phase.steps // 10)
     within = base.model_copy(update=dict(learning_rate=peak, num_warmup_steps=warmup, num_train_steps=phase.steps,
                                          training_time_limit_seconds=seconds))
-    trainer.params = base.model_copy(update=dict(num_train_steps=start + phase.steps, training_time_limit_seconds=seconds,
-                                                 early_stopping_patience=phase.early_stopping_patience))
-    trainer.rate_schedule = lambda step, elapsed: learning_rate(within, step - start, elapsed)
+    trainer.params = base.model_copy(update=dict(  # the trainer counts steps and seconds from the start of training
+        num_train_steps=start + phase.steps, early_stopping_patience=phase.early_stopping_patience,
+        training_time_limit_seconds=None if seconds is None else began + seconds))
+    trainer.rate_schedule = lambda step, elapsed: learning_rate(
+        within, step - start, None if elapsed is None else elapsed - began)
     trainer.train_only(variables_of(trainer.model, phase.train))
     return peak
 
@@ -127,14 +125,13 @@ def run_phases(trainer: Trainer, phases: list[Phase], validate, on_phase: Callab
     and one record per phase. `validate(model)` gives validation metrics (see Trainer.fit)."""
     base, report = trainer.params, trainer.on_metrics
     done = _finished_phases(trainer, phases, resumed_from)
-    budget = Budget(base.training_time_limit_seconds, time.monotonic())
     for index in range(len(done), len(phases)):
         phase, start = phases[index], done[-1].end_step if done else 0
+        began = sum(record.seconds for record in done)  # the trainer's clock when this phase started
         if trainer.state.step == start:  # a fresh phase (not one resumed from a checkpoint)
             trainer.state.evals_without_improvement, trainer.state.stopped_early = 0, False
-        seconds = budget.share(phase.steps, sum(p.steps for p in phases[index:]))
-        peak = configure(trainer, base, phase, start, seconds)
-        best, began = [-1.0], time.monotonic()
+        peak = configure(trainer, base, phase, start, began, phase_seconds(base, phases, index, began))
+        best = [-1.0]
 
         def tagged(step: int, metrics: dict, number: int = index + 1) -> None:
             best[0] = max(best[0], metrics.get("valid_ndcg_at_10", -1.0))
@@ -144,7 +141,7 @@ def run_phases(trainer: Trainer, phases: list[Phase], validate, on_phase: Callab
         state = trainer.fit(validate)
         done.append(PhaseRecord(phase=index + 1, train=phase.train, learning_rate=peak, start_step=start,
                                 end_step=state.step, stopped_early=state.stopped_early, best_valid_ndcg_at_10=best[0],
-                                seconds=round(time.monotonic() - began, 2)))
+                                seconds=state.elapsed - began))
         write_json(trainer.checkpoint_dir / PROGRESS, {"phases": [record.model_dump() for record in done]})
         on_phase(done[-1])
     trainer.params, trainer.on_metrics = base, report

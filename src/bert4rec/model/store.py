@@ -62,7 +62,7 @@ class PhaseRecord(BaseModel):
     end_step: int
     stopped_early: bool
     best_valid_ndcg_at_10: float  # best validation NDCG@10 seen during the phase (-1: none)
-    seconds: float
+    seconds: float  # training seconds (the trainer's clock: wall time, across resumes)
 
 
 class ModelInfo(BaseModel):

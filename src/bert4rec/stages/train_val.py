@@ -14,7 +14,6 @@ import contextlib
 import logging
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from bert4rec.data import vocabulary
@@ -86,7 +85,7 @@ def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
     curves: dict[int, dict] = {}
 
     def report(step: int, metrics: dict) -> None:
-        curves.setdefault(step, {}).update(metrics, seconds=round(time.monotonic() - started, 2))
+        curves.setdefault(step, {}).update(metrics)
         tracking.log_metrics(metrics, step=step)
 
     worker = cluster_worker() if tv.distribution == "multi_worker_mirrored" else Worker()
@@ -109,7 +108,6 @@ def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
     with tracking.stage_run("train_val", paths, params, sections=("train_val",), model_name=name, record=worker.chief):
         tracking.set_tags({"validation": f"valid_* during training: {validate.label}; best_valid_*: all users"})
         finetune.log_lineage(parent)
-        started = time.monotonic()  # the curves' seconds column: wall time into training
         state, phases = finetune.fit(trainer, tv, validate, paths.model_dir(name) / "checkpoints")
         metrics = validate.full(trainer.model)
         info = info.model_copy(update=dict(

@@ -96,7 +96,7 @@ def at_warm_start(later: Path, parent_folder: Path) -> dict:
 def reached(curves: pd.DataFrame, level: float) -> dict | None:
     """The first validation at or above `level`: its step and wall seconds into training."""
     rows = curves[curves["valid_ndcg_at_10"] >= level]
-    return None if rows.empty else {"step": int(rows["step"].iloc[0]), "seconds": float(rows["seconds"].iloc[0])}
+    return None if rows.empty else {"step": int(rows["step"].iloc[0]), "seconds": float(rows["train_seconds"].iloc[0])}
 
 
 def summarise(project: Path, name: str, parent_items: set) -> dict:
@@ -110,7 +110,7 @@ def summarise(project: Path, name: str, parent_items: set) -> dict:
         "steps": model["trained_steps"], "training_seconds": model["training_seconds"],
         "new_item_test_targets": new_item_metrics(project / "results" / name / "test_ranks.parquet", parent_items),
         "parent": model.get("parent"), "phases": model.get("phases"),
-        "curve": curves[["step", "seconds", "valid_ndcg_at_10"]].dropna().to_dict("records"),
+        "curve": curves[["step", "train_seconds", "valid_ndcg_at_10"]].dropna().to_dict("records"),
     }
 
 

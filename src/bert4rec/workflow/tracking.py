@@ -339,7 +339,8 @@ def log_params(params: dict) -> None:
         return
     import mlflow
 
-    mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+    params = {k: str(v)[:6000] for k, v in params.items()}
+    _send({"kind": "params", "params": params}, lambda: mlflow.log_params(params))
 
 
 def current_run_id() -> str | None:
@@ -556,7 +557,7 @@ def replay_pending(root: Path, client) -> int:
 
 def _replay(client, run_id: str, entries: list[dict]) -> None:
     import mlflow
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, Param
 
     status = "KILLED"  # no end in the journal: the process died before the stage finished
     for entry in entries:
@@ -568,6 +569,8 @@ def _replay(client, run_id: str, entries: list[dict]) -> None:
             for rid in [run_id, *(_children(client, run_id) if kind == "family_tags" else [])]:
                 for key, value in entry["tags"].items():
                     client.set_tag(rid, key, value)
+        elif kind == "params":
+            client.log_batch(run_id, params=[Param(k, v) for k, v in entry["params"].items()])
         elif kind == "artifact":
             path = Path(entry["file"])
             (client.log_artifacts if path.is_dir() else client.log_artifact)(run_id, str(path), entry["artifact_path"])
