@@ -83,3 +83,7 @@ bench-speed: ## training speed: the last release's configuration vs today's defa
 
 bench-scale: ## 668,438 items, 1M and 250k synthetic users through all five stages (bench/scale.json)
 	$(B4R) bench-scale
+
+.PHONY: bench-finetune
+bench-finetune: ## ML-100K: pretrain before 1998, fine-tune on the later period vs from scratch (writes bench/finetune.json)
+	$(B4R) bench-finetune

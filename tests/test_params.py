@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from bert4rec.params import MIN_HISTORY_BY_TASK, dump_params, load_params, parse_params
@@ -23,11 +25,28 @@ def test_defaults_round_trip(tmp_path):
         ({"tfrecord": {"max_seq_length": 10, "max_predictions_per_seq": 20}}, "max_predictions_per_seq"),
         ({"raw": {"task": "predict"}}, "raw.task"),
         ({"raw": {"drop_consecutive_repeats": "maybe"}}, "raw.drop_consecutive_repeats"),
+        ({"raw": {"split": "time", "validation_start": "1998-02-01", "test_start": "1998-03-01",
+                  "test_end": "1998-01-01"}}, "raw.test_end: must be after raw.test_start"),
+        ({"raw": {"split": "time", "data_start": "tomorrow"}}, "raw.data_start"),
+        ({"train_val": {"finetune_schedule": [{"train": ["head"], "steps": 5}, {"train": ["blocks"], "steps": 5}]}},
+         "train_val.finetune_schedule.1.train: unknown part(s) ['blocks']"),
+        ({"train_val": {"finetune_schedule": [{"train": ["block_2"], "steps": 5}]}},
+         "finetune_schedule.0.train: ['block_2'] beyond the model's 2 blocks"),
+        ({"train_val": {"finetune_schedule": [{"train": ["all"]}]}}, "train_val.finetune_schedule.0.steps"),
+        ({"train_val": {"finetune_schedule": []}}, "train_val.finetune_schedule"),
+        ({"train_val": {"new_item_init": "zeros"}}, "train_val.new_item_init"),
     ],
 )
 def test_invalid_params_name_the_key(data, message):
-    with pytest.raises(UserError, match=message.replace(".", r"\.")):
+    with pytest.raises(UserError, match=re.escape(message)):
         parse_params(data, "params.yaml")
+
+
+def test_time_split_dates_and_parent_kinds():
+    raw = parse_params({"raw": {"split": "time", "validation_start": "1998-03-15", "test_start": "1998-04-01T06:00:00"}}).raw
+    assert raw.min_length() == 1 and raw.test_start.hour == 6 and raw.data_start is None
+    assert parse_params({"train_val": {"init_from": "models:/base/3"}}).train_val.init_from_uri()
+    assert not parse_params({"train_val": {"init_from": "../pre/models/base"}}).train_val.init_from_uri()
 
 
 def test_boolean_strings_are_not_truthy():

@@ -317,6 +317,10 @@ def write_typed(path: str | Path, value: BaseModel) -> None:
         tmp.write_text(value.model_dump_json(indent=2) + "\n")
 
 
+def _cell(value) -> str:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else repr(float(value))
+
+
 def write_curves(path: str | Path, rows: dict[int, dict[str, float]]) -> None:
     """Per-step metrics as CSV (step, then every metric seen; blank where a step lacks one)."""
     columns: list[str] = []
@@ -324,6 +328,6 @@ def write_curves(path: str | Path, rows: dict[int, dict[str, float]]) -> None:
         columns += [k for k in row if k not in columns]
     lines = [",".join(["step", *columns])]
     for step in sorted(rows):
-        lines.append(",".join([str(step), *(repr(float(rows[step][c])) if c in rows[step] else "" for c in columns)]))
+        lines.append(",".join([str(step), *(_cell(rows[step][c]) if c in rows[step] else "" for c in columns)]))
     with atomic_file(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")

@@ -8,18 +8,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from bert4rec.errors import UserError
 
 Task = Literal["train_val_test", "train_val", "test", "inference"]
 # Shortest history a user needs for each task (predecessor's rule): the held-out items plus
-# at least one item of input.
+# at least one item of input. A time split holds out by date instead: any user may stay.
 MIN_HISTORY_BY_TASK = {"train_val_test": 3, "train_val": 2, "test": 2, "inference": 1}
+# The record splits the tfrecord stage writes for each task.
+SPLITS_BY_TASK = {
+    "train_val_test": ("train", "valid", "test", "inference"),
+    "train_val": ("train", "valid", "inference"),
+    "test": ("test",),
+    "inference": ("inference",),
+}
+WINDOW_DATES = ("data_start", "validation_start", "test_start", "test_end")  # in increasing order
+
+
+def epoch_seconds(moment: datetime) -> float:
+    """Unix seconds of a parameter date; a date or time without a zone is UTC."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 class Section(BaseModel):
@@ -46,6 +62,30 @@ class RawParams(Section):
     min_history_length: int | None = Field(None, ge=1)
     allow_pickle: bool = False
     users_per_chunk: int = Field(65536, ge=1)
+    # leave_one_out: the last items of every history are held out; time: the dates below are
+    # (training < validation_start <= validation targets < test_start <= test targets < test_end)
+    split: Literal["leave_one_out", "time"] = "leave_one_out"
+    data_start: datetime | None = Field(None, validate_default=True)  # None: from the first event
+    validation_start: datetime | None = Field(None, validate_default=True)
+    test_start: datetime | None = Field(None, validate_default=True)
+    test_end: datetime | None = Field(None, validate_default=True)  # None: to the last event
+
+    @field_validator(*WINDOW_DATES)
+    @classmethod
+    def _window_dates(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if info.data.get("split") != "time":
+            if value is not None:
+                raise ValueError("only used with raw.split: time")
+            return value
+        if value is None:
+            if info.field_name in ("validation_start", "test_start"):
+                raise ValueError("required with raw.split: time")
+            return value
+        earlier = [name for name in WINDOW_DATES[:WINDOW_DATES.index(info.field_name)]
+                   if info.data.get(name) is not None]
+        if earlier and epoch_seconds(value) <= epoch_seconds(info.data[earlier[-1]]):
+            raise ValueError(f"must be after raw.{earlier[-1]} ({info.data[earlier[-1]].isoformat()})")
+        return value
 
     @field_validator("separator")
     @classmethod
@@ -66,7 +106,9 @@ class RawParams(Section):
         return self
 
     def min_length(self) -> int:
-        return self.min_history_length or MIN_HISTORY_BY_TASK[self.task]
+        if self.min_history_length:
+            return self.min_history_length
+        return 1 if self.split == "time" else MIN_HISTORY_BY_TASK[self.task]
 
 
 class TfrecordParams(Section):
@@ -130,6 +172,26 @@ class ModelParams(Section):
 
 
 Objective = Literal["masked", "causal"]
+PART = re.compile(r"^(head|output|embeddings|all|block_(0|[1-9][0-9]*))$")
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # models:/name/3, runs:/id/model, ...
+
+
+class Phase(Section):
+    """One phase of a fine-tuning schedule: which parts train, at what peak rate, until when."""
+
+    train: list[str] = Field(min_length=1)  # head, output, embeddings, block_N (0 = lowest), all
+    steps: int = Field(gt=0)  # at most this many steps
+    learning_rate: float | None = Field(None, gt=0.0)  # None: train_val.learning_rate
+    warmup_steps: int | None = Field(None, ge=0)  # None: min(train_val.num_warmup_steps, steps // 10)
+    early_stopping_patience: int = Field(0, ge=0)  # evaluations without a better NDCG@10; 0 = all steps
+
+    @field_validator("train")
+    @classmethod
+    def _parts(cls, parts: list[str]) -> list[str]:
+        unknown = [part for part in parts if not PART.match(part)]
+        if unknown:
+            raise ValueError(f"unknown part(s) {unknown}; parts are head, output, embeddings, block_N, all")
+        return parts
 
 
 class TrainValParams(Section):
@@ -137,6 +199,11 @@ class TrainValParams(Section):
     # masked: BERT4Rec's cloze task over a bidirectional encoder; causal: SASRec-style, left-to-right
     # attention and the next item predicted at every position
     objective: Objective = "masked"
+    # A trained model (models/<name> of this or another project, relative to the project folder,
+    # or an MLflow model URI) whose weights start this training; its vocabulary is reconciled.
+    init_from: str | None = Field(None, min_length=1)
+    new_item_init: Literal["random", "mean"] = "random"  # rows of items the parent never saw (README)
+    finetune_schedule: list[Phase] | None = Field(None, min_length=1)  # None: default when init_from
     model: ModelParams = ModelParams()
     loss: Literal["full_softmax", "sampled_softmax"] = "full_softmax"
     num_negatives: int = Field(1024, gt=0)
@@ -170,6 +237,20 @@ class TrainValParams(Section):
         # `dvc exp run -S` rewrites params.yaml as YAML 1.2, leaving `off` unquoted; PyYAML
         # (YAML 1.1) then reads it as False. Both spellings mean "off".
         return "off" if value is False else value
+
+    @model_validator(mode="after")
+    def _blocks_exist(self) -> "TrainValParams":
+        layers = self.model.num_hidden_layers
+        for index, phase in enumerate(self.finetune_schedule or []):
+            missing = [p for p in phase.train if p.startswith("block_") and int(p[6:]) >= layers]
+            if missing:
+                raise ValueError(f"finetune_schedule.{index}.train: {missing} beyond the model's "
+                                 f"{layers} blocks (block_0 .. block_{layers - 1})")
+        return self
+
+    def init_from_uri(self) -> bool:
+        """Whether init_from names an MLflow model (a URI) rather than a models/<name> folder."""
+        return bool(self.init_from and URI.match(self.init_from))
 
 
 class TestParams(Section):

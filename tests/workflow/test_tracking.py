@@ -20,3 +20,16 @@ def test_project_outside_a_repository_keeps_its_store_inside_itself(tmp_path):
 def test_tracking_off_starts_nothing_in_the_background(tmp_path):
     tracking.warm_up(ProjectPaths(tmp_path))  # BERT4REC_TRACKING=off in every test (conftest)
     assert tracking._warm_up is None
+
+
+def test_lineage_params_are_replayed_after_an_outage(tmp_path):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("lineage", artifact_location=(tmp_path / "a").as_uri()))
+    entries = [{"kind": "params", "params": {"parent_run_id": "abc", "parent_model": "models:/base/3"}},
+               {"kind": "tags", "tags": {"parent_model": "models:/base/3"}}, {"kind": "end", "status": "FINISHED"}]
+    tracking._replay(client, run.info.run_id, entries)
+    replayed = client.get_run(run.info.run_id)
+    assert replayed.data.params == {"parent_run_id": "abc", "parent_model": "models:/base/3"}
+    assert replayed.data.tags["parent_model"] == "models:/base/3" and replayed.info.status == "FINISHED"

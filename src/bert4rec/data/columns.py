@@ -121,16 +121,17 @@ def ids(column: pa.ChunkedArray, name: str, path: Path, first_row: int | None = 
 
 
 def times(column: pa.ChunkedArray, name: str, path: Path) -> pa.ChunkedArray:
-    """Timestamps as numbers to sort by: unix time as given, dates and date strings as nanoseconds."""
+    """Numbers stay numbers (unix seconds for a time split); dates and date strings become
+    timestamp[ns] (readers.event_times turns them into nanoseconds to sort by)."""
     kind = column.type
     if column.null_count or (pa.types.is_floating(kind) and pc.any(pc.is_nan(column)).as_py()):
         raise UserError(f"{path}: column '{name}' has missing timestamps")
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
-        return pc.cast(pc.cast(column, pa.timestamp("ns")), pa.int64())
+        return pc.cast(column, pa.timestamp("ns"))
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         return pc.cast(column, pa.float64()) if pa.types.is_floating(kind) else pc.cast(column, pa.int64())
     try:
-        return pc.cast(pc.cast(column, pa.timestamp("ns")), pa.int64())
+        return pc.cast(column, pa.timestamp("ns"))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise UserError(f"{path}: column '{name}' is not a timestamp (numbers or dates expected)") from None
 

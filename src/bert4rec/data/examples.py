@@ -3,6 +3,11 @@ dynamically masked) and validation/test/inference examples, written as TFRecords
 
 User u belongs to shard u % num_shards and each shard draws from its own generator seeded by
 (seed, shard), so a shard's bytes do not depend on which process builds it.
+
+An evaluation example is one (user, target): leave-one-out gives one per user (the held-out
+item); a time split gives one per event in the window that has an earlier event of the same
+user, each predicted from everything before it (see data/timesplit.py). A shard's examples are
+in user order, then target order.
 """
 
 from __future__ import annotations
@@ -16,17 +21,12 @@ import pyarrow as pa
 from bert4rec.data import masking
 from bert4rec.data.records import FIRST_ITEM, PAD, encode_example, shard_name, write_record
 from bert4rec.data.sequences import open_sequences, read_group
+from bert4rec.data.timesplit import Windows, user_cuts
 from bert4rec.data.vocabulary import load_vocabulary, tokens_of
 from bert4rec.data.windows import eval_inputs, gather_padded, window_bounds
 from bert4rec.errors import UserError
-from bert4rec.params import MIN_HISTORY_BY_TASK, TfrecordParams
+from bert4rec.params import MIN_HISTORY_BY_TASK, SPLITS_BY_TASK, TfrecordParams
 
-SPLITS_BY_TASK = {
-    "train_val_test": ("train", "valid", "test", "inference"),
-    "train_val": ("train", "valid", "inference"),
-    "test": ("test",),
-    "inference": ("inference",),
-}
 # How many items at the end of a history each split holds out.
 HELD_OUT = {"train_val_test": {"train": 2, "valid": 2, "test": 1}, "train_val": {"train": 1, "valid": 1}}
 
@@ -39,6 +39,36 @@ class ShardJob:
     out: Path
     params: TfrecordParams
     task: str
+    windows: Windows | None = None  # a time split's dates; None: leave-one-out
+
+
+@dataclass
+class Users:
+    """A block of one shard's users: flat tokens (-1: unknown item) with each user's range, and for
+    a time split the flat index where each user's validation and test windows start."""
+
+    index: np.ndarray
+    tokens: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    valid_from: np.ndarray | None = None
+    test_from: np.ndarray | None = None
+
+    def training_ends(self, task: str) -> np.ndarray:
+        return self.ends - HELD_OUT[task]["train"] if self.valid_from is None else self.valid_from
+
+    def targets(self, split: str, task: str) -> tuple[np.ndarray, np.ndarray]:
+        """(user row, flat target position) per example; inference "targets" the end of the history."""
+        rows = np.arange(len(self.index))
+        if split == "inference":
+            return rows, self.ends
+        if self.valid_from is None:
+            return rows, self.ends - HELD_OUT.get(task, {}).get(split, 1)
+        low, high = (self.valid_from, self.test_from) if split == "valid" else (self.test_from, self.ends)
+        low = np.maximum(low, self.starts + 1)  # a target needs an earlier event
+        counts = np.maximum(high - low, 0)
+        rows = np.repeat(rows, counts)
+        return rows, np.repeat(low, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
 def feature_spec(split: str, params: TfrecordParams) -> dict:
@@ -97,48 +127,60 @@ def build_shard(job: ShardJob) -> dict:
     rng = np.random.default_rng([params.seed, job.shard])
     splits = SPLITS_BY_TASK[job.task]
     counts = {split: 0 for split in splits}
+    users_with = {split: 0 for split in splits}
     unknown = {"input_items": 0, "targets": 0}
     handles = {split: open(job.out / shard_name(split, job.shard, params.num_shards), "wb") for split in splits}
     try:
-        for users, tokens, starts, ends in _shard_users(job, vocab):
+        for users in _shard_users(job, vocab):
             for split in splits:
                 if split == "train":
-                    counts[split] += _write_training(handles[split], tokens, starts, ends, job, FIRST_ITEM + len(vocab), rng)
+                    counts[split] += _write_training(handles[split], users, job, FIRST_ITEM + len(vocab), rng)
                 else:
-                    unknown["targets"] += _write_evaluation(handles[split], split, users, tokens, starts, ends, job)
-                    counts[split] += len(users)
-            unknown["input_items"] += int((tokens < 0).sum())
+                    written, evaluated, missed = _write_evaluation(handles[split], split, users, job)
+                    counts[split] += written
+                    users_with[split] += evaluated
+                    unknown["targets"] += missed
+            unknown["input_items"] += int((users.tokens < 0).sum())
     finally:
         for handle in handles.values():
             handle.close()
-    return {"shard": job.shard, "counts": counts, "unknown": unknown}
+    return {"shard": job.shard, "counts": counts, "users": users_with, "unknown": unknown}
 
 
 def _shard_users(job: ShardJob, vocab):
-    """(user indices, flat tokens, starts, ends) of this shard's users, one row group at a time.
+    """This shard's users (Users), one row group at a time.
 
-    Every history must hold what the task holds out plus an input item (sequences written by
-    the raw stage for another task would otherwise give targets from a neighbouring user).
+    Under leave-one-out every history must hold what the task holds out plus an input item
+    (sequences written by the raw stage for another task would otherwise give targets from a
+    neighbouring user).
     """
     source = open_sequences(job.sequences)
-    shortest = MIN_HISTORY_BY_TASK[job.task]
+    shortest = MIN_HISTORY_BY_TASK[job.task] if job.windows is None else 1
+    columns = ["user_index", "items"] + (["times"] if job.windows is not None else [])
     for group in range(source.num_row_groups):
-        table = read_group(source, job.sequences, group, ["user_index", "items"])
+        table = read_group(source, job.sequences, group, columns)
         mine = np.flatnonzero(table.column("user_index").to_numpy() % job.params.num_shards == job.shard)
         if not len(mine):
             continue
         table = table.take(pa.array(mine))
         tokens, offsets = tokens_of(table.column("items"), vocab)
-        users, lengths = table.column("user_index").to_numpy(), np.diff(offsets)
-        if (lengths < shortest).any():
-            short = int(np.argmax(lengths < shortest))
-            raise UserError(f"{job.sequences}: user index {users[short]} has {lengths[short]} items, but raw.task "
-                            f"{job.task} needs at least {shortest}; rerun the raw stage with this task")
-        yield users, tokens, offsets[:-1], offsets[1:]
+        users = Users(table.column("user_index").to_numpy(), tokens, offsets[:-1], offsets[1:])
+        _require_length(users, np.diff(offsets), shortest, job)
+        if job.windows is not None:
+            times = table.column("times").combine_chunks().flatten().to_numpy()
+            users.valid_from, users.test_from = user_cuts(times, offsets, job.windows)
+        yield users
 
 
-def _write_training(handle, tokens, starts, ends, job: ShardJob, num_tokens: int, rng) -> int:
-    known, offsets = drop_unknown(tokens, starts, ends - HELD_OUT[job.task]["train"])
+def _require_length(users: "Users", lengths: np.ndarray, shortest: int, job: ShardJob) -> None:
+    if (lengths < shortest).any():
+        short = int(np.argmax(lengths < shortest))
+        raise UserError(f"{job.sequences}: user index {users.index[short]} has {lengths[short]} items, but raw.task "
+                        f"{job.task} needs at least {shortest}; rerun the raw stage with this task")
+
+
+def _write_training(handle, users: Users, job: ShardJob, num_tokens: int, rng) -> int:
+    known, offsets = drop_unknown(users.tokens, users.starts, users.training_ends(job.task))
     arrays = training_examples(known, offsets[:-1], offsets[1:], job.params, num_tokens, rng)
     names = ("input_ids",) if len(arrays) == 1 else ("input_ids", "masked_lm_positions", "masked_lm_ids")
     for row in zip(*arrays):
@@ -146,25 +188,27 @@ def _write_training(handle, tokens, starts, ends, job: ShardJob, num_tokens: int
     return len(arrays[0])
 
 
-def _write_evaluation(handle, split: str, users, tokens, starts, ends, job: ShardJob) -> int:
+def _write_evaluation(handle, split: str, users: Users, job: ShardJob) -> tuple[int, int, int]:
     """Validation/test/inference examples: input window + [MASK], target, seen items.
 
-    Returns how many targets are unknown to the vocabulary (written as PAD: a miss).
+    Returns (examples written, users among them, targets unknown to the vocabulary: written as
+    PAD, a miss).
     """
-    held = 0 if split == "inference" else HELD_OUT.get(job.task, {}).get(split, 1)
-    target = np.full(len(users), PAD, dtype=np.int64)
+    rows, positions = users.targets(split, job.task)
+    target = np.full(len(rows), PAD, dtype=np.int64)
     unknown = 0
-    if held:
-        target = tokens[ends - held]
+    if split != "inference":
+        target = users.tokens[positions]
         unknown = int((target < 0).sum())
         target = np.where(target < 0, PAD, target)
-    history, offsets = drop_unknown(tokens, starts, ends - held)
+    history, offsets = drop_unknown(users.tokens, users.starts[rows], positions)
     inputs = eval_inputs(history, offsets[:-1], offsets[1:], job.params.max_seq_length)
-    for i in range(len(users)):
+    user_index = users.index[rows]
+    for i in range(len(rows)):
         write_record(handle, encode_example({
-            "user_index": users[i:i + 1],
+            "user_index": user_index[i:i + 1],
             "input_ids": inputs[i],
             "target": target[i:i + 1],
             "history": history[offsets[i]:offsets[i + 1]],
         }))
-    return unknown
+    return len(rows), len(np.unique(rows)), unknown

@@ -7,6 +7,7 @@ It names every shard with its example count and sha256, the feature shapes, the 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, field_serializer
 
@@ -30,6 +31,7 @@ class Shard(Strict):
 
 class Split(Strict):
     examples: int
+    users: int | None = None  # users with an example (a time split evaluates some users several times)
     features: dict[str, int]  # feature -> fixed length (-1: variable)
     shards: list[Shard]
 
@@ -58,6 +60,8 @@ class Manifest(Strict):
     num_shards: int
     splits: dict[str, Split]
     unknown_items: UnknownItems
+    split_method: Literal["leave_one_out", "time"] = "leave_one_out"  # raw.split: how targets were held out
+    split_dates: dict[str, str | None] | None = None  # a time split's raw.data_start ... raw.test_end
     _folder: Path = PrivateAttr(default=Path("."))
 
     @field_serializer("params")

@@ -47,6 +47,16 @@ def _parquet_file(path: Path) -> pq.ParquetFile:
     return source
 
 
+def event_times(table: pa.Table) -> tuple[np.ndarray | None, str | None]:
+    """A table's timestamps as numbers and their unit: 'ns' for dates, 's' for numbers."""
+    if "timestamp" not in table.column_names:
+        return None, None
+    column = table.column("timestamp")
+    if pa.types.is_timestamp(column.type):
+        return pc.cast(column, pa.int64()).to_numpy(), "ns"
+    return column.to_numpy(), "s"
+
+
 def _parquet_tables(path: Path, params: RawParams) -> Iterator[pa.Table]:
     source = _parquet_file(path)
     schema = source.schema_arrow

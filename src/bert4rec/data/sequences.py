@@ -16,7 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bert4rec.data import readers
-from bert4rec.params import RawParams
+from bert4rec.data.timesplit import WindowCounts, Windows
+from bert4rec.params import SPLITS_BY_TASK, RawParams
 from bert4rec.errors import UserError
 from bert4rec.fileio import atomic_file
 from bert4rec.paths import ProjectPaths
@@ -45,10 +46,15 @@ class Spill:
         self.handle = open(path, "wb")
         self.rows = 0
         self.parts: list[np.ndarray] = []  # per block: rows of (chunk, first row in the file, rows)
+        self.time_unit: str | None = None  # None: the input has no timestamps
+        self.span = (np.inf, -np.inf)  # first and last timestamp read
 
-    def append(self, users: np.ndarray, items: np.ndarray, times: np.ndarray | None) -> None:
+    def append(self, users: np.ndarray, items: np.ndarray, times: np.ndarray | None, unit: str | None = None) -> None:
         if self.dtype is None:
             self.dtype = EVENT_INT_TIME if times is None or times.dtype.kind in "iu" else EVENT
+            self.time_unit = unit if times is not None else None
+        if times is not None and len(times):
+            self.span = (min(self.span[0], times.min()), max(self.span[1], times.max()))
         rows = np.empty(len(users), dtype=self.dtype)
         rows["user"], rows["item"] = users, items
         rows["time"] = 0 if times is None else times
@@ -123,10 +129,21 @@ def read_group(source: pq.ParquetFile, path: Path, group: int, columns: list[str
                         "rerun the raw stage") from None
 
 
-def sequences_schema(id_type: pa.DataType, item_type: pa.DataType) -> pa.Schema:
-    return pa.schema(
-        [("user_index", pa.int32()), ("user_id", id_type), ("items", pa.list_(item_type))]
-    )
+def sequences_schema(id_type: pa.DataType, item_type: pa.DataType, spill: Spill) -> pa.Schema:
+    """user_index, user_id, items and, when the input has timestamps, times (in the input's
+    numbers; the field's metadata names the unit: 's' unix seconds or numbers, 'ns' dates)."""
+    fields = [pa.field("user_index", pa.int32()), pa.field("user_id", id_type), pa.field("items", pa.list_(item_type))]
+    if spill.time_unit:
+        kind = pa.int64() if spill.dtype["time"].kind == "i" else pa.float64()
+        fields.append(pa.field("times", pa.list_(kind), metadata={"unit": spill.time_unit}))
+    return pa.schema(fields)
+
+
+def time_unit(schema: pa.Schema) -> str | None:
+    """The unit of the sequences' times column (None: no timestamps)."""
+    if "times" not in schema.names:
+        return None
+    return (schema.field("times").metadata or {}).get(b"unit", b"s").decode()
 
 
 def percentiles(lengths: np.ndarray) -> dict:
@@ -146,23 +163,47 @@ class Dropped:
     repeats: int = 0
     short_users: int = 0
     short_events: int = 0
+    outside_dates: int = 0
 
 
-def clean_chunk(rows: np.ndarray, raw: RawParams, dropped: Dropped) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One chunk's events sorted by (user, time) (ties keep input order), consecutive repeats and
-    short histories dropped. Returns (user codes, their lengths, items in order)."""
-    order = np.lexsort((rows["time"], rows["user"]))
-    user, item = rows["user"][order], rows["item"][order]
+def clean_chunk(rows: np.ndarray, raw: RawParams, dropped: Dropped, windows: Windows | None = None):
+    """One chunk's events sorted by (user, time) (ties keep input order); events outside the time
+    split's dates, consecutive repeats and short histories dropped.
+    Returns (user codes, their lengths, items in order, times in order)."""
+    rows = rows[np.lexsort((rows["time"], rows["user"]))]
+    if windows is not None:
+        inside = windows.keep(rows["time"])
+        dropped.outside_dates += int((~inside).sum())
+        rows = rows[inside]
     if raw.drop_consecutive_repeats:
-        keep = np.ones(len(user), dtype=bool)
-        keep[1:] = (item[1:] != item[:-1]) | (user[1:] != user[:-1])
+        keep = np.ones(len(rows), dtype=bool)
+        keep[1:] = (rows["item"][1:] != rows["item"][:-1]) | (rows["user"][1:] != rows["user"][:-1])
         dropped.repeats += int((~keep).sum())
-        user, item = user[keep], item[keep]
-    codes, lengths = np.unique(user, return_counts=True)
+        rows = rows[keep]
+    codes, lengths = np.unique(rows["user"], return_counts=True)
     long_enough = lengths >= raw.min_length()
     dropped.short_users += int((~long_enough).sum())
     dropped.short_events += int(lengths[~long_enough].sum())
-    return codes[long_enough], lengths[long_enough], item[np.repeat(long_enough, lengths)]
+    rows = rows[np.repeat(long_enough, lengths)]
+    return codes[long_enough], lengths[long_enough], rows["item"], rows["time"]
+
+
+def split_windows(raw: RawParams, spill: Spill, source: Path) -> Windows | None:
+    """The time split's dates in the input's time unit (None for leave-one-out)."""
+    if raw.split != "time":
+        return None
+    if spill.time_unit is None:
+        raise UserError(f"{source}: raw.split is time but the input has no timestamps; name the column in "
+                        "raw.columns.timestamp, or use raw.split: leave_one_out")
+    return Windows.of(raw, spill.time_unit)
+
+
+def _chunk_table(schema: pa.Schema, index, user_ids: pa.Array, lengths, items: pa.Array, times) -> pa.Table:
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    columns = {"user_index": index, "user_id": user_ids, "items": pa.ListArray.from_arrays(offsets, items)}
+    if "times" in schema.names:
+        columns["times"] = pa.ListArray.from_arrays(offsets, pa.array(times, schema.field("times").type.value_type))
+    return pa.table(columns, schema=schema)
 
 
 def _one_table(parts: list[pa.Table]) -> pa.Table:
@@ -175,22 +216,24 @@ def write_sequences(
 ) -> dict:
     """Clean each chunk and write the sequences (row groups of whole chunks, at least
     ROW_GROUP_USERS users each but the last); the user map beside them."""
+    source = paths.resolve_input(raw.input)
+    windows = split_windows(raw, spill, source)
     item_counts = np.zeros(n_items, dtype=np.int64)
     dropped, kept_users, lengths_kept, user_map_parts, pending = Dropped(), 0, [], [], []
-    schema = sequences_schema(user_ids.type, item_ids.type)
+    counts = WindowCounts(n_items)
+    schema = sequences_schema(user_ids.type, item_ids.type, spill)
     with atomic_file(paths.sequences) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for rows in progress(spill.chunks(), desc="raw: sequences", unit=" chunks"):
-            codes, lengths, item = clean_chunk(rows, raw, dropped)
+            codes, lengths, item, times = clean_chunk(rows, raw, dropped, windows)
             if not len(codes):
                 continue
             np.add.at(item_counts, item, 1)
+            if windows is not None:
+                counts.add(lengths, item, times, windows)
             index = np.arange(kept_users, kept_users + len(codes), dtype=np.int32)
             kept_users += len(codes)
-            offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-            np.cumsum(lengths, out=offsets[1:])
             chunk_user_ids = user_ids.take(pa.array(codes))
-            items = pa.ListArray.from_arrays(pa.array(offsets), item_ids.take(pa.array(item)))
-            pending.append(pa.table({"user_index": index, "user_id": chunk_user_ids, "items": items}, schema=schema))
+            pending.append(_chunk_table(schema, index, chunk_user_ids, lengths, item_ids.take(pa.array(item)), times))
             if kept_users - int(pending[0]["user_index"][0].as_py()) >= ROW_GROUP_USERS:
                 writer.write_table(_one_table(pending))
                 pending = []
@@ -199,14 +242,15 @@ def write_sequences(
         if pending:
             writer.write_table(_one_table(pending))
         if kept_users == 0:
-            raise UserError(
-                f"{paths.resolve_input(raw.input)}: no users left after min length {raw.min_length()} "
-                f"(task {raw.task}); every history is shorter"
-            )
+            outside = f", {dropped.outside_dates} events outside the split's dates" if windows else ""
+            raise UserError(f"{source}: no users left after min length {raw.min_length()} "
+                            f"(task {raw.task}{outside}); every history is shorter")
+        if windows is not None:
+            counts.check(windows, raw, str(source), spill.span, SPLITS_BY_TASK[raw.task])
     with atomic_file(paths.user_map) as tmp:
         pq.write_table(pa.concat_tables(user_map_parts), tmp)
     lengths = np.concatenate(lengths_kept)
-    return {
+    summary = {
         "users": kept_users,
         "items": int((item_counts > 0).sum()),
         "interactions": int(lengths.sum()),
@@ -217,3 +261,7 @@ def write_sequences(
         },
         "history_length": percentiles(lengths),
     }
+    if windows is not None:
+        summary["dropped"]["outside_dates"] = {"events": dropped.outside_dates}
+        summary["windows"] = counts.summary(windows, raw)
+    return summary

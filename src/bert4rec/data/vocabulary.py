@@ -16,13 +16,20 @@ from bert4rec.fileio import atomic_file
 from bert4rec.data.records import FIRST_ITEM
 
 
-def build_vocabulary(sequences: Path, out: Path) -> int:
-    """Items by descending frequency (ties: first appearance); token = rank + 2."""
+def build_vocabulary(sequences: Path, out: Path, before: float | None = None) -> int:
+    """Items by descending frequency (ties: first appearance); token = rank + 2.
+
+    before: count only the events before this time (a time split's validation_start, in the
+    sequences' time unit), so items first seen later are unknown to the model.
+    """
     source = open_sequences(sequences)
     seen = readers.FirstSeen(source.schema_arrow.field("items").type.value_type)
     counts = np.zeros(0, dtype=np.int64)
     for group in range(source.num_row_groups):
-        flat = read_group(source, sequences, group, ["items"]).column("items").combine_chunks().flatten()
+        table = read_group(source, sequences, group, ["items"] + (["times"] if before is not None else []))
+        flat = table.column("items").combine_chunks().flatten()
+        if before is not None:
+            flat = flat.filter(pa.array(table.column("times").combine_chunks().flatten().to_numpy() < before))
         codes = readers.first_seen_codes(pa.chunked_array([flat]), seen)
         counts = np.concatenate([counts, np.zeros(len(seen) - len(counts), dtype=np.int64)])
         np.add.at(counts, codes, 1)

@@ -271,13 +271,16 @@ def _user_keys(users: np.ndarray, seed: int) -> np.ndarray:
 
 
 def sample_rows(manifest: Manifest, split: str, count: int, seed: int) -> EvalRows:
-    """The `count` users of a split with the smallest seeded keys (a fixed random sample), in user
-    order; one pass over the records, memory bounded by the sample."""
+    """The records of the `count` users of a split with the smallest seeded keys (a fixed random
+    sample; every record of a user with several, as a time split has), in user order; one pass
+    over the records, memory bounded by the sample."""
     kept: EvalRows | None = None
     for chunk in eval_chunks(manifest, split):
         pool = chunk if kept is None else EvalRows.concat([kept, chunk])
-        if len(pool) > count:
-            pool = pool.take(np.sort(np.argpartition(_user_keys(pool.user_index, seed), count - 1)[:count]))
+        users = np.unique(pool.user_index)
+        if len(users) > count:
+            chosen = users[np.argpartition(_user_keys(users, seed), count - 1)[:count]]
+            pool = pool.take(np.flatnonzero(np.isin(pool.user_index, chosen)))
         kept = pool
     return kept.take(np.argsort(kept.user_index, kind="stable"))
 

@@ -127,5 +127,6 @@ class Evaluation:
         if self.sampled:
             sampled = from_ranks(np.concatenate(self.sampled), prefix="sampled_")
             out.update({k: v for k, v in sampled.items() if k.split("_at_")[-1] in ("1", "5", "10") or k.endswith("mrr")})
-        out["users"] = int(len(rank))
+        out["users"] = int(len(np.unique(np.concatenate(self.users))))
+        out["targets"] = int(len(rank))  # one per user with leave-one-out; a time split may have more
         return out

@@ -235,10 +235,17 @@ class Recommender:
 
 
 def history_popularity(manifest: Manifest, split: str) -> np.ndarray:
-    """Most-popular scores from the split's own input histories (no held-out item leaks in)."""
+    """Most-popular scores from the split's own input histories (no held-out item leaks in).
+
+    A user with several targets (time split) counts once, with the history before the first
+    (the events before the window): later histories hold earlier targets of the window.
+    """
     counts = np.zeros(manifest.num_tokens, dtype=np.float64)
+    previous = -1
     for chunk in inputs.eval_chunks(manifest, split):
-        counts += np.bincount(chunk.history, minlength=len(counts))
+        first = np.flatnonzero(np.diff(chunk.user_index, prepend=previous) != 0)
+        counts += np.bincount(chunk.take(first).history, minlength=len(counts))
+        previous = chunk.user_index[-1]
     return metrics.popularity_scores(counts[FIRST_ITEM:], manifest.num_tokens)
 
 
@@ -322,7 +329,8 @@ class Validation:
 
     def __init__(self, manifest: Manifest, batch_size: int, users: int | None, seed: int):
         self.manifest, self.batch_size = manifest, batch_size
-        self.total = manifest.split("valid").examples
+        valid = manifest.split("valid")
+        self.total = valid.examples if valid.users is None else valid.users  # older manifests: one per user
         if self.total == 0:
             raise UserError(f"{manifest.path}: the 'valid' split is empty; nothing to validate on")
         self.users, self.seed = min(users or self.total, self.total), seed

@@ -35,6 +35,36 @@ INFO = "model.json"
 WEIGHTS = "weights.npz"
 
 
+class ParentModel(BaseModel):
+    """The trained model a fine-tuned one started from (train_val.init_from): its lineage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str  # train_val.init_from as given: a models/<name> folder or an MLflow model URI
+    model_name: str
+    run_id: str | None = None  # the parent's MLflow train_val run, when it was tracked
+    vocabulary_sha256: str
+    shared_items: int  # items of both vocabularies: trained embedding and output bias kept
+    new_items: int  # items the parent never saw: fresh rows (train_val.new_item_init)
+    dropped_items: int  # parent items absent from this vocabulary
+    new_item_init: str
+
+
+class PhaseRecord(BaseModel):
+    """One finished phase of a fine-tuning schedule (train_val.finetune_schedule)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phase: int  # 1-based, the `phase` column of the training curves
+    train: list[str]
+    learning_rate: float
+    start_step: int
+    end_step: int
+    stopped_early: bool
+    best_valid_ndcg_at_10: float  # best validation NDCG@10 seen during the phase (-1: none)
+    seconds: float  # training seconds (the trainer's clock: wall time, across resumes)
+
+
 class ModelInfo(BaseModel):
     """models/<name>/model.json."""
 
@@ -53,6 +83,9 @@ class ModelInfo(BaseModel):
     valid: dict[str, float] | None = None
     training_sequences_per_second: float = 0.0
     training_seconds: float = 0.0
+    mlflow_run_id: str | None = None  # the train_val run that trained it (None: tracking off)
+    parent: ParentModel | None = None  # set when fine-tuned from another model
+    phases: list[PhaseRecord] | None = None  # set when trained by a fine-tuning schedule
 
 
 def training_fingerprint(params: TrainValParams, manifest: Manifest) -> str:

@@ -117,6 +117,8 @@ class Trainer:
         self.rate = learning_rate(params, 0)
         self.best_weights = None
         self.throughput = Throughput()
+        self.train_variables = None  # None: every trainable variable (see train_only)
+        self.rate_schedule = lambda step, elapsed: learning_rate(self.params, step, elapsed)
         self._step_fn = self._make_step()
         self._writer = tf.summary.create_file_writer(str(log_dir))
 
@@ -160,6 +162,7 @@ class Trainer:
         log_q, replicas = self.log_q, self.replicas
         # XLA fuses the encoder's many small element-wise ops; one compilation per batch width
         encode = tf.function(model.encode, jit_compile=True) if params.jit_compile else None
+        variables = model.trainable_variables if self.train_variables is None else self.train_variables
 
         def replica_step(batch, step):
             negatives = None
@@ -173,10 +176,10 @@ class Trainer:
                 scaled = loss / replicas
                 if params.mixed_precision == "mixed_float16":
                     scaled = optimizer.scale_loss(scaled)
-            grads = tape.gradient(scaled, model.trainable_variables)
+            grads = tape.gradient(scaled, variables)
             if params.mixed_precision != "mixed_float16":
                 grads = clip_by_global_norm(grads, params.clip_norm)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            optimizer.apply_gradients(zip(grads, variables))
             return loss
 
         @tf.function(reduce_retracing=True)
@@ -202,9 +205,15 @@ class Trainer:
 
     def train_step(self, batch, elapsed: float | None = None):
         """One optimizer step at the scheduled rate; returns the (replica-mean) loss tensor."""
-        self.rate = learning_rate(self.params, self.state.step, elapsed)
+        self.rate = self.rate_schedule(self.state.step, elapsed)
         self.optimizer.learning_rate = self.rate
         return self._step_fn(batch, tf.constant(self.state.step, tf.int64))
+
+    # -- fine-tuning hooks (model/schedule.py sets them per phase) -------------------------
+    def train_only(self, variables: list | None) -> None:
+        """Train these variables only from now on (None: all); the step function is traced anew."""
+        self.train_variables = variables
+        self._step_fn = self._make_step()
 
     # -- the loop: `validate(model)` gives validation metrics, `validate.label` says on whom ----
     def fit(self, validate) -> LoopState:

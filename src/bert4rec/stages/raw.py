@@ -38,6 +38,7 @@ def run(paths: ProjectPaths, params: Params) -> dict:
             "input": str(Path(raw.input)),
             "format": description,
             "task": raw.task,
+            "split": raw.split,
             "read": {"events": events_read, "users": len(users), "items": len(items)},
             **summary,
         }
@@ -53,11 +54,10 @@ def _spill_events(tables, spill: Spill) -> tuple[readers.FirstSeen, readers.Firs
     events_read = 0
     bar = progress(desc="raw: reading", unit=" events", unit_scale=True)
     for table in tables:
-        times = table.column("timestamp").to_numpy() if "timestamp" in table.column_names else None
         spill.append(
             readers.first_seen_codes(table.column("user"), users),
             readers.first_seen_codes(table.column("item"), items),
-            times,
+            *readers.event_times(table),
         )
         events_read += table.num_rows
         bar.update(table.num_rows)
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     paths, params = stage_main("raw", __doc__.splitlines()[0], argv)
     with tracking.stage_run("raw", paths, params, sections=("raw",)):
         summary = run(paths, params)
-        tracking.log_metrics({k: summary[k] for k in ("read", "users", "items", "interactions", "dropped", "history_length")})
+        tracking.log_metrics({k: summary[k] for k in ("read", "users", "items", "interactions", "dropped", "history_length",
+                                                       "windows") if k in summary})
         tracking.log_artifact(paths.raw_summary)
     return 0

@@ -11,14 +11,17 @@ import logging
 import multiprocessing
 from pathlib import Path
 
-from bert4rec.data.examples import SPLITS_BY_TASK, ShardJob, build_shard, feature_spec
+import pyarrow.parquet as pq
+
+from bert4rec.data.examples import ShardJob, build_shard, feature_spec
 from bert4rec.data.manifest import NO_EFFECT_ON_OUTPUT, Manifest, Shard, Split, UnknownItems, VocabularyRef
 from bert4rec.data.records import FIRST_ITEM, MASK, PAD, shard_name
-from bert4rec.data.sequences import open_sequences
+from bert4rec.data.sequences import open_sequences, time_unit
+from bert4rec.data.timesplit import Windows, split_dates
 from bert4rec.data.vocabulary import build_vocabulary, load_vocabulary
 from bert4rec.errors import UserError
 from bert4rec.fileio import all_or_nothing, atomic_dir
-from bert4rec.params import Params, params_hash
+from bert4rec.params import SPLITS_BY_TASK, Params, params_hash
 from bert4rec.paths import ProjectPaths
 from bert4rec.progress import progress
 from bert4rec.stages.common import stage_main
@@ -41,23 +44,28 @@ def run(paths: ProjectPaths, params: Params) -> Manifest:
     if tf_params.num_shards > users:
         raise UserError(f"tfrecord.num_shards ({tf_params.num_shards}) is more than the {users} users in "
                         f"{paths.sequences}; every shard needs a user: set tfrecord.num_shards to at most {users}")
+    windows = time_windows(paths, params)
     with all_or_nothing():
         if task in ("train_val_test", "train_val"):
-            vocab_size = build_vocabulary(paths.sequences, paths.item_vocab)
+            before = None if windows is None else windows.validation_start
+            vocab_size = build_vocabulary(paths.sequences, paths.item_vocab, before)
             log.info("item vocabulary: %d items -> %s", vocab_size, paths.item_vocab)
         else:
             vocab_size = len(load_vocabulary(paths.item_vocab))
             log.info("reusing item vocabulary %s (%d items)", paths.item_vocab, vocab_size)
         with atomic_dir(paths.records) as out:
-            manifest = _write_records(paths, tf_params, task, vocab_size, out)
+            manifest = _write_records(paths, params, vocab_size, windows, out)
             manifest.write(out)
         manifest = Manifest.read(paths.records)
     _report(manifest, paths)
     return manifest
 
 
-def _write_records(paths: ProjectPaths, tf_params, task: str, vocab_size: int, out: Path) -> Manifest:
-    jobs = [ShardJob(s, paths.sequences, paths.item_vocab, out, tf_params, task) for s in range(tf_params.num_shards)]
+def _write_records(paths: ProjectPaths, params: Params, vocab_size: int, windows: Windows | None,
+                   out: Path) -> Manifest:
+    tf_params, task = params.tfrecord, params.raw.task
+    jobs = [ShardJob(s, paths.sequences, paths.item_vocab, out, tf_params, task, windows)
+            for s in range(tf_params.num_shards)]
     workers = min(tf_params.pool_size, tf_params.num_shards)
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
@@ -75,13 +83,27 @@ def _write_records(paths: ProjectPaths, tf_params, task: str, vocab_size: int, o
         splits={split: _split(split, results, out, tf_params) for split in SPLITS_BY_TASK[task]},
         unknown_items=UnknownItems(**{key: sum(r["unknown"][key] for r in results)
                                       for key in ("input_items", "targets")}),
+        split_method=params.raw.split,
+        split_dates=None if windows is None else split_dates(params.raw),
     )
+
+
+def time_windows(paths: ProjectPaths, params: Params) -> Windows | None:
+    """A time split's dates in the sequences' time unit; the sequences must carry timestamps."""
+    if params.raw.split != "time":
+        return None
+    unit = time_unit(pq.read_schema(paths.sequences))
+    if unit is None:
+        raise UserError(f"{paths.sequences}: raw.split is time but the sequences have no timestamps; "
+                        "rerun the raw stage")
+    return Windows.of(params.raw, unit)
 
 
 def _split(split: str, results: list[dict], out: Path, tf_params) -> Split:
     names = [shard_name(split, r["shard"], tf_params.num_shards) for r in results]
     return Split(
         examples=sum(r["counts"][split] for r in results),
+        users=None if split == "train" else sum(r["users"][split] for r in results),
         features=feature_spec(split, tf_params),
         shards=[Shard(file=name, examples=r["counts"][split], sha256=sha256(out / name)) for name, r in zip(names, results)],
     )

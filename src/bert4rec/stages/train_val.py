@@ -20,11 +20,12 @@ from bert4rec.data import vocabulary
 from bert4rec.data.manifest import Manifest
 from bert4rec.errors import UserError
 from bert4rec.fileio import all_or_nothing, atomic_file, write_curves, write_json
-from bert4rec.model import export, recommend, runtime, store
+from bert4rec.model import export, recommend, runtime, schedule, store
 from bert4rec.model.distribute import Worker, cluster_worker
 from bert4rec.model.trainer import Trainer
 from bert4rec.params import Params
 from bert4rec.paths import ProjectPaths
+from bert4rec.stages import finetune
 from bert4rec.stages.common import stage_main
 from bert4rec.workflow import tracking
 
@@ -43,6 +44,7 @@ def check_inputs(paths: ProjectPaths, params: Params, manifest: Manifest, folder
                         "records hold masked copies; the causal task needs the plain windows); rerun tfrecord")
     if (folder / store.INFO).exists():
         store.check_compatible(folder, store.read_info(folder), manifest, model, params.train_val.objective)
+        finetune.check_saved(folder, params.train_val)
 
 
 def checkpoint_dir(paths: ProjectPaths, params: Params, manifest: Manifest, worker: Worker) -> Path:
@@ -64,7 +66,7 @@ def keep_final_state(trainer: Trainer, folder: Path, area: Path) -> None:
         final = folder / "checkpoints"
         shutil.rmtree(final, ignore_errors=True)
         final.mkdir(parents=True)
-        for path in (store.checkpoints(area)[-1][1], area / "best.npz"):
+        for path in (store.checkpoints(area)[-1][1], area / "best.npz", area / schedule.PROGRESS):
             if path.exists():
                 with atomic_file(final / path.name) as tmp:
                     shutil.copy2(path, tmp)
@@ -91,24 +93,30 @@ def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
     if not worker.chief:  # the chief writes the model; the others keep theirs out of the way
         folder = Path(tempfile.mkdtemp(prefix="bert4rec-worker-")) / name
     area = checkpoint_dir(paths, params, manifest, worker)
+    parent = finetune.load_parent(paths, tv, paths.model_dir(name))
     trainer = Trainer(tv, manifest, vocabulary.item_counts(paths.item_vocab), folder / "tensorboard", area, report,
                       strategy, worker)
     if trainer.resume(area, paths.model_dir(name) / "checkpoints"):
         log.info("resumed %s from step %d", name, trainer.state.step)
+    elif parent is not None:
+        finetune.warm_start(trainer, parent, paths, tv)
     info = store.ModelInfo(model_name=name, num_tokens=manifest.num_tokens, max_seq_length=manifest.max_seq_length,
-                           objective=tv.objective, model=tv.model, vocabulary_sha256=manifest.vocabulary.sha256)
+                           objective=tv.objective, model=tv.model, vocabulary_sha256=manifest.vocabulary.sha256,
+                           parent=parent.lineage if parent else None)
     store.write_model_files(folder, params, info, paths.item_vocab)
     validate = recommend.Validation(manifest, tv.eval_batch_size, tv.validation_users, tv.seed)
 
     with tracking.stage_run("train_val", paths, params, sections=("train_val",), model_name=name, record=worker.chief):
         tracking.set_tags({"validation": f"valid_* during training: {validate.label}; best_valid_*: all users"})
-        state = trainer.fit(validate)
+        finetune.log_lineage(parent)
+        state, phases = finetune.fit(trainer, tv, validate, paths.model_dir(name) / "checkpoints")
         metrics = validate.full(trainer.model)
         info = info.model_copy(update=dict(
             trained_steps=state.step, replicas=trainer.replicas, best_step=state.best_step,
             stopped_early=state.stopped_early, valid=metrics,
             training_sequences_per_second=round(trainer.throughput.per_second, 2),
-            training_seconds=round(trainer.throughput.seconds, 2)))
+            training_seconds=round(trainer.throughput.seconds, 2), mlflow_run_id=tracking.current_run_id(),
+            phases=phases))
         with all_or_nothing():  # the trained model's files appear together; the resumable state stays till then
             save_model(trainer.model, folder, params, info, paths)
             if worker.chief:

@@ -8,6 +8,7 @@ the params keys that change its output, so `dvc repro` re-runs exactly what a ch
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import yaml
@@ -38,7 +39,17 @@ def switches(params: Params) -> dict[str, bool]:
         "trains": task in ("train_val_test", "train_val"),
         "evaluates": task in ("train_val_test", "test"),
         "infers": task != "test",
+        "warm_starts": bool(params.train_val.init_from) and not params.train_val.init_from_uri(),
     }
+
+
+def repository_path(project_dir: str, path: str | None, root: Path) -> str:
+    """A path given relative to the project folder, as DVC wants it: relative to the repository
+    root when it lies inside it (projects/<name>/../other -> projects/other), else absolute."""
+    if not path:
+        return ""
+    full = Path(os.path.normpath(root / project_dir / path))
+    return str(full.relative_to(root)) if full.is_relative_to(root) else str(full)
 
 
 def section_keys(params: Params, name: str) -> list[str]:
@@ -141,6 +152,8 @@ def render(project_dir: str, params: Params, template: dict, root: Path) -> dict
         "project": project_dir,
         "model_name": params.model_name(),
         "input": str(Path(project_dir) / params.raw.input) if not Path(params.raw.input).is_absolute() else params.raw.input,
+        "init_from": repository_path(project_dir, None if params.train_val.init_from_uri() else params.train_val.init_from,
+                                     root.resolve()),
         "bert4rec": COMMAND,
     }
     stages = {}

@@ -353,6 +353,60 @@ def set_tags(tags: dict) -> None:
     _send({"kind": "tags", "tags": tags}, lambda: mlflow.set_tags(tags))
 
 
+def log_params(params: dict) -> None:
+    if _run is None:
+        return
+    import mlflow
+
+    params = {k: str(v)[:6000] for k, v in params.items()}
+    _send({"kind": "params", "params": params}, lambda: mlflow.log_params(params))
+
+
+def current_run_id() -> str | None:
+    """The open stage run's id (None with tracking off)."""
+    return None if _run is None else _run.info.run_id
+
+
+# ---------------------------------------------------------------- a parent model from MLflow
+
+@contextlib.contextmanager
+def registered_model(paths: ProjectPaths, uri: str) -> Iterator[tuple[Path, str | None]]:
+    """A model logged by a train_val run (train_val.init_from: models:/<name>/<version>,
+    models:/<name>@<alias>, models:/<model id>), downloaded to a temporary folder.
+
+    Yields (its models/<name>-style folder, the id of the run that logged it). Read access
+    only, so it works with tracking off too.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    root = repository_root(paths)
+    store_uri = uri_for_root(root)
+    client = _client(root)
+    with tempfile.TemporaryDirectory(prefix="bert4rec-parent-") as tmp:
+        try:
+            run_id = _logging_run(client, uri)
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=store_uri))
+        except (MlflowException, OSError) as error:
+            reason = getattr(error, "message", str(error)).splitlines()[0]
+            raise UserError(f"train_val.init_from '{uri}': cannot read it from the MLflow store {store_uri} "
+                            f"({reason})") from None
+        folder = local / "artifacts" / "model_dir"
+        if not folder.is_dir():
+            raise UserError(f"train_val.init_from '{uri}': not a model logged by a bert4rec train_val run "
+                            "(no artifacts/model_dir)")
+        yield folder, run_id
+
+
+def _logging_run(client, uri: str) -> str | None:
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    found = get_model_name_and_version(client, uri)
+    if len(found) == 1:  # models:/<model id>
+        return client.get_logged_model(found[0]).source_run_id
+    return client.get_model_version(*found).run_id
+
+
 # ---------------------------------------------------------------- parent run (make <stage>)
 
 def start_parent(root: Path, project: str, target: str, tags: dict) -> str | None:
@@ -522,7 +576,7 @@ def replay_pending(root: Path, client) -> int:
 
 def _replay(client, run_id: str, entries: list[dict]) -> None:
     import mlflow
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, Param
 
     status = "KILLED"  # no end in the journal: the process died before the stage finished
     for entry in entries:
@@ -534,6 +588,8 @@ def _replay(client, run_id: str, entries: list[dict]) -> None:
             for rid in [run_id, *(_children(client, run_id) if kind == "family_tags" else [])]:
                 for key, value in entry["tags"].items():
                     client.set_tag(rid, key, value)
+        elif kind == "params":
+            client.log_batch(run_id, params=[Param(k, v) for k, v in entry["params"].items()])
         elif kind == "artifact":
             path = Path(entry["file"])
             (client.log_artifacts if path.is_dir() else client.log_artifact)(run_id, str(path), entry["artifact_path"])
