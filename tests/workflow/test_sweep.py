@@ -141,10 +141,11 @@ def test_bad_sweep_file_and_failed_point(repo, events):
                                              "'train_val.learning_rate'?")
     assert repo.git("rev-parse", "HEAD") == head and "No experiment tasks" in repo.run("dvc", "queue", "status").stdout
 
-    # valid params, but the model cannot hold the sequences: the point fails at train_val
-    write_sweep(repo, "short", {"grid": {"train_val.model.max_position_embeddings": [10]}, "max_points": 1})
+    # a valid value that the data refuses (a text file read as Parquet): the point fails in its raw stage
+    write_sweep(repo, "short", {"grid": {"raw.format": ["sequence_table"]}, "max_points": 1})
     result = repo.run("make", "-s", "sweep", "SWEEP=short", env=ON, check=False, timeout=900)
     assert result.returncode == 2
+    assert "not a readable Parquet file" in result.stdout  # the point's output, followed live
     assert "error: 1 of 1 points failed (short-1-p1): `dvc queue logs <name>` shows why" in result.stderr
     _, runs = mlflow_runs(repo)
     point = next(r for r in runs if r.data.tags.get("kind") == "sweep_point")
