@@ -29,26 +29,21 @@ from bert4rec.fileio import read_typed, write_typed
 from bert4rec.params import Params
 from bert4rec.workflow import dvcyaml, projects, sweepfile, tracking, vcs
 from bert4rec.workflow.comparison import BASELINE, Row, Scores, ordered, table, write_csv
-from bert4rec.workflow.make import say
+from bert4rec.workflow.make import hold_repository, say
 
 RECORDS = Path("results") / "sweeps"
-BASELINES = ("most_popular", "item_to_item")
 POLL_SECONDS = 2.0
 IDLE_POLLS = 30  # about a minute with points still queued and no worker alive: the workers are gone
 EXIT_POLLS = 20  # idle DVC queue workers exit ~10 s after the queue empties
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PointRecord(Strict):
+class PointRecord(sweepfile.Strict):
     name: str  # the DVC experiment
     params: dict[str, sweepfile.Scalar]
     mlflow_run_id: str | None = None
 
 
-class SweepRecord(Strict):
+class SweepRecord(sweepfile.Strict):
     id: str
     sweep: str
     file: str
@@ -136,7 +131,8 @@ def outcomes(root: Path, record: SweepRecord) -> tuple[list[Row], list[Row]]:
         rows.append(row)
     best = next((r for r in ordered(rows) if r.valid), None)
     report = reports.get(best.name, {}) if best else {}
-    baselines = [Row(name, BASELINE, test=Scores.of(report.get(name))) for name in BASELINES if report.get(name)]
+    baselines = [Row(name, BASELINE, test=Scores.of(value)) for name, value in report.items()  # most_popular, item_to_item
+                 if isinstance(value, dict) and Scores.of(value)]
     return rows, baselines
 
 
@@ -235,6 +231,7 @@ def run(root: Path, name: str, workers: int) -> SweepRecord:
     if workers < 1:
         raise UserError(f"--workers {workers}: at least 1 worker is needed")
     vcs.require_repo(root)
+    hold_repository(root, f"`make sweep SWEEP={name}`")
     project, params = projects.load_active(root)
     tracking.load_env(root)
     if tracking.enabled():
