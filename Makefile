@@ -9,7 +9,8 @@ B4R := $(BIN)/bert4rec
 STAGES := raw tfrecord train_val test inference
 F ?=
 PORT ?= 5000
-.PHONY: help install check check-faults browser $(STAGES) project use pipeline ui demo bench-data
+WORKERS ?= 1
+.PHONY: help install check check-faults browser $(STAGES) project use pipeline ui demo bench-data sweep compare promote
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
@@ -60,6 +61,16 @@ use: ## make another project active (make use NAME=x; without NAME: list project
 
 pipeline: ## re-render dvc.yaml for the active project from config/pipeline.yaml
 	$(B4R) pipeline
+
+sweep: | $(B4R) ## make sweep SWEEP=<name>: one DVC experiment per point of config/sweeps/<name>.yaml, run by DVC's queue (WORKERS=1)
+	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=<name> [WORKERS=n]; sweep files: config/sweeps/*.yaml" >&2; exit 2; }
+	$(B4R) sweep "$(SWEEP)" --workers $(WORKERS)
+
+compare: ## the newest sweep as a table (varied params, valid/test NDCG@10, HR@10, training time) + CSV
+	$(B4R) compare
+
+promote: ## apply the newest sweep's best experiment by validation NDCG@10 (or EXP=<name>), register it @champion
+	$(B4R) promote $(if $(EXP),--exp "$(EXP)")
 
 ui: ## MLflow UI for the local store on http://127.0.0.1:$(PORT)
 	$(B4R) ui --port $(PORT)

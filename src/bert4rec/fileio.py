@@ -39,6 +39,8 @@ def hold_lock(path: Path, holder: str, busy: str) -> None:
     lock. `holder` describes this process for whoever is refused; `busy` starts their message.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    if any(Path(held.name) == path for held in _held_locks):
+        return  # this command holds it already (`make promote` running `make inference`)
     handle = open(path, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

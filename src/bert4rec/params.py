@@ -306,7 +306,8 @@ def merge(base: dict, updates: dict) -> dict:
     return base
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def describe_errors(error: ValidationError, source: str) -> str:
+    """One line per problem, naming the file and the dotted key."""
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
@@ -326,7 +327,7 @@ def parse_params(data: dict | None, source: str = "params") -> Params:
     try:
         return Params.model_validate(data or {})
     except ValidationError as error:
-        raise UserError(_describe(error, source)) from None
+        raise UserError(describe_errors(error, source)) from None
 
 
 def _not_utf8(path: Path, data: bytes, error: UnicodeDecodeError) -> UserError:

@@ -13,14 +13,17 @@ from .tiny import USERS, model_dir
 run = run_stage
 
 
-def test_test_stage_reports_model_and_most_popular(trained):
+def test_test_stage_reports_model_and_both_baselines(trained):
     assert run("test", trained) == 0
     report = json.loads((trained / "results" / "tiny" / "test_metrics.json").read_text())
     for key in ("ndcg_at_1", "ndcg_at_10", "ndcg_at_100", "hit_at_10", "mrr", "rank100", "rank100_percent",
                 "coverage_at_10", "sampled_ndcg_at_10"):
-        assert key in report and key in report["most_popular"]
+        assert key in report and key in report["most_popular"] and key in report["item_to_item"]
     assert report["users"] == USERS
     assert report["ndcg_at_10"] > report["most_popular"]["ndcg_at_10"]
+    # the synthetic log follows one successor per item: "users who took X next took Y" learns it too
+    assert report["item_to_item"]["ndcg_at_10"] > report["most_popular"]["ndcg_at_10"]
+    assert report["item_to_item"]["users"] == USERS
     ranks = pd.read_parquet(trained / "results" / "tiny" / "test_ranks.parquet")
     assert len(ranks) == USERS and set(ranks.columns) == {"user_id", "target_item_id", "rank"}
     assert ranks["rank"].between(1, 200).all()

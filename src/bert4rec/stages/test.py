@@ -1,8 +1,9 @@
 """test stage: full-ranking metrics of a trained model on the held-out test split.
 
-Writes results/<model_name>/test_metrics.json with the model's metrics and, beside them, the
-most-popular baseline scored by the same code; per-user ranks (Parquet) on request. Workers
-listed in TF_CONFIG split the users; their ranks merge exactly (stages/parts.py).
+Writes results/<model_name>/test_metrics.json with the model's metrics and, beside them, two
+baselines scored by the same code: most-popular and first-order item-to-item transitions (both
+counted from the test inputs); per-user ranks (Parquet) on request. Workers listed in
+TF_CONFIG split the users; their ranks merge exactly (stages/parts.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 from bert4rec.data.manifest import Manifest
 from bert4rec.data.records import FIRST_ITEM
 from bert4rec.fileio import all_or_nothing, atomic_file, write_json
-from bert4rec.model import metrics, recommend, store
+from bert4rec.model import metrics, recommend, store, transitions
 from bert4rec.model.distribute import cluster_worker
 from bert4rec.params import Params
 from bert4rec.paths import ProjectPaths
@@ -27,6 +28,7 @@ from bert4rec.stages.common import stage_main, user_ids
 from bert4rec.workflow import tracking
 
 log = logging.getLogger("bert4rec.test")
+BASELINES = ("most_popular", "item_to_item")
 
 
 def run(paths: ProjectPaths, params: Params) -> dict:
@@ -36,8 +38,10 @@ def run(paths: ProjectPaths, params: Params) -> dict:
     model, _ = store.load_model(folder, manifest)
     manifest.shard_files("test")
     popularity = recommend.history_popularity(manifest, "test")
+    counted = transitions.count_transitions(manifest, "test", popularity)
     recommenders = {"model": recommend.Recommender(recommend.ModelScorer(model)),
-                    "most_popular": recommend.PopularityRecommender(popularity)}
+                    "most_popular": recommend.PopularityRecommender(popularity),
+                    "item_to_item": recommend.Recommender(transitions.TransitionScorer(counted, popularity))}
     worker = cluster_worker()
     sampling = recommend.Sampling(tp.sampled_negatives, popularity, params.train_val.seed + worker.index)
     with tracking.stage_run("test", paths, params, sections=("test",), model_name=name, record=worker.chief), \
@@ -51,18 +55,20 @@ def run(paths: ProjectPaths, params: Params) -> dict:
                 log.info("test %s: worker %d of %d wrote its part", name, worker.index + 1, worker.count)
                 return {"model_name": name, "worker": worker.index}
             parts.remove_parts(out)
-        result, baseline = results["model"].result(), results["most_popular"].result()
-        report = {"model_name": name, "split": "test", **result, "most_popular": baseline}
+        result = results["model"].result()
+        baselines = {baseline: results[baseline].result() for baseline in BASELINES}
+        report = {"model_name": name, "split": "test", **result, **baselines}
         write_json(out / "test_metrics.json", report)
         tracking.log_metrics(result)
-        tracking.log_metrics({f"most_popular_{k}": v for k, v in baseline.items()})
+        tracking.log_metrics({f"{b}_{k}": v for b, values in baselines.items() for k, v in values.items()})
         tracking.log_artifact(out / "test_metrics.json")
         if tp.per_user_ranks:
             write_ranks(paths, folder, results["model"].per_user(), out / "test_ranks.parquet")
-    log.info("test %s: ndcg_at_10 %.4f hit_at_10 %.4f (most popular %.4f / %.4f); %d users scored in %.1f s "
-             "(%.0f users/s) -> %s", name, result["ndcg_at_10"], result["hit_at_10"], baseline["ndcg_at_10"],
-             baseline["hit_at_10"], result["users"], seconds, result["users"] / max(seconds, 1e-9),
-             out / "test_metrics.json")
+    popular, item_to_item = baselines["most_popular"], baselines["item_to_item"]
+    log.info("test %s: ndcg_at_10 %.4f hit_at_10 %.4f (most popular %.4f / %.4f, item-to-item %.4f / %.4f); "
+             "%d users scored in %.1f s (%.0f users/s) -> %s", name, result["ndcg_at_10"], result["hit_at_10"],
+             popular["ndcg_at_10"], popular["hit_at_10"], item_to_item["ndcg_at_10"], item_to_item["hit_at_10"],
+             result["users"], seconds, result["users"] / max(seconds, 1e-9), out / "test_metrics.json")
     return report
 
 

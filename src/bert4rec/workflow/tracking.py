@@ -6,7 +6,12 @@ BERT4REC_TRACKING=off turns tracking off (unit tests). Everything here is a no-o
 open stage run, so library code can log unconditionally.
 
 Layout in MLflow: one experiment per project; `make <stage>` opens a parent run (see
-`pipeline_run`) and every stage DVC executes inside it is a child run (BERT4REC_PARENT_RUN_ID).
+`start_parent`) and every stage DVC executes inside it is a child run (BERT4REC_PARENT_RUN_ID).
+A sweep (`make sweep`) opens a parent run with one child per point; DVC's queue runs each point
+in a temporary copy of the repository and tells its stages the experiment's name (DVC_EXP_NAME)
+and the real repository (DVC_ROOT), so each stage run finds the store there and nests under its
+point's run (tag dvc_exp_name). `make promote` registers a model as `bert4rec-<project>` with
+the alias `champion`.
 Each run is tagged with the project, stage, model name, git commit and dirty flag, the DVC
 stage and the input's DVC hash (dataset lineage); the stage -> run id mapping is kept in
 projects/<name>/config/config_mlflow.yaml, as the predecessor's users expect.
@@ -27,6 +32,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -42,6 +48,9 @@ from bert4rec.workflow import vcs
 
 SWITCH = "BERT4REC_TRACKING"
 PARENT_RUN = "BERT4REC_PARENT_RUN_ID"  # set by `bert4rec run` (the Makefile) around `dvc repro`
+DVC_EXP_NAME = "DVC_EXP_NAME"  # set by DVC for the stages of `dvc exp run` (queued or not)
+SWEEP_POINT = "sweep_point"  # kind of a sweep point's run
+REGISTRY_ALIAS = "champion"
 RUNS_FILE = Path("config") / "config_mlflow.yaml"
 
 log = logging.getLogger("bert4rec.tracking")
@@ -73,8 +82,18 @@ def load_env(root: Path) -> None:
     load_dotenv(root / ".env", override=False)
 
 
+def store_root(paths: ProjectPaths) -> Path:
+    """Where the MLflow store (and `.env`) is: the repository DVC runs the stage for (DVC_ROOT;
+    DVC's queue runs experiments in a temporary copy under .dvc/tmp/exps that is deleted after),
+    else the repository holding the project."""
+    dvc_root = os.environ.get("DVC_ROOT")
+    if dvc_root and Path(dvc_root).is_dir():
+        return Path(dvc_root).resolve()
+    return repository_root(paths)
+
+
 def tracking_uri(paths: ProjectPaths) -> str:
-    return uri_for_root(repository_root(paths))
+    return uri_for_root(store_root(paths))
 
 
 def uri_for_root(root: Path) -> str:
@@ -158,7 +177,7 @@ def warm_up(paths: ProjectPaths) -> None:
         _warm_up = None
     if not enabled():
         return
-    root, name, result = repository_root(paths), experiment_name(paths), {}
+    root, name, result = store_root(paths), experiment_name(paths), {}
 
     def connect():
         try:
@@ -240,7 +259,7 @@ def dataset_pointer(paths: ProjectPaths, raw_input: str) -> Path:
     return paths.resolve_input(raw_input).with_name(Path(raw_input).name + ".dvc")
 
 
-def _record_run(paths: ProjectPaths, stage: str, run, experiment: str) -> None:
+def _record_run(paths: ProjectPaths, stage: str, run, experiment: str, parent: str | None) -> None:
     """Keep the stage -> run id mapping inside the project (config/config_mlflow.yaml)."""
     path = paths.root / RUNS_FILE
     try:
@@ -250,10 +269,10 @@ def _record_run(paths: ProjectPaths, stage: str, run, experiment: str) -> None:
     data = data or {}
     data["experiment_name"] = experiment
     data["experiment_id"] = run.info.experiment_id
-    data["tracking_uri"] = uri_for_root(repository_root(paths))
+    data["tracking_uri"] = uri_for_root(store_root(paths))
     data.setdefault("stages", {})[stage] = {
         "run_id": run.info.run_id,
-        "parent_run_id": os.environ.get(PARENT_RUN) or None,
+        "parent_run_id": parent,
         "git_commit": run.data.tags.get("git_commit"),
     }
     with atomic_file(path) as tmp:
@@ -279,9 +298,10 @@ def _mlflow_run(stage: str, paths: ProjectPaths, params: Params, sections: tuple
     global _run
     import mlflow
 
-    root = repository_root(paths)
+    root = store_root(paths)
     experiment = experiment_name(paths)
     experiment_id = _warm_experiment_id(root, experiment)
+    exp_name = os.environ.get(DVC_EXP_NAME)
     pointer = dataset_pointer(paths, params.raw.input)
     dataset_hash = vcs.dvc_hash(pointer)
     run_tags = {
@@ -291,12 +311,13 @@ def _mlflow_run(stage: str, paths: ProjectPaths, params: Params, sections: tuple
         "experiment_name": experiment,
         "model_name": model_name or "none",
         "dataset_dvc_md5": dataset_hash or "untracked",
-        **git_tags(root),
+        **({"dvc_exp_name": exp_name} if exp_name else {}),
+        **git_tags(repository_root(paths)),  # the commit the stage runs from (a queued experiment's copy)
     }
     logged = params.model_dump(mode="json", include=set(sections))
     if model_name:
         logged["model_name"] = model_name
-    parent = os.environ.get(PARENT_RUN) or None
+    parent = os.environ.get(PARENT_RUN) or (_sweep_point(root, experiment_id, exp_name) if exp_name else None)
     run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent,
                            tags={**run_tags, **process_tags()})
     global _run_root
@@ -305,7 +326,7 @@ def _mlflow_run(stage: str, paths: ProjectPaths, params: Params, sections: tuple
         mlflow.log_params({k: str(v)[:6000] for k, v in flatten(logged).items()})
         if dataset_hash:
             _log_dataset(paths, params.raw.input, dataset_hash, stage)
-        _record_run(paths, stage, mlflow.get_run(run.info.run_id), experiment)
+        _record_run(paths, stage, mlflow.get_run(run.info.run_id), experiment, parent)
         yield
         status = "FINISHED"
     finally:
@@ -455,6 +476,119 @@ def _children(client, run_id: str) -> list[str]:
     experiment = client.get_run(run_id).info.experiment_id
     runs = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
     return [r.info.run_id for r in runs]
+
+
+# ---------------------------------------------------------------- sweeps (make sweep)
+
+def _sweep_point(root: Path, experiment_id: str, exp_name: str) -> str | None:
+    """The run of the sweep point that queued DVC experiment `exp_name` (None outside a sweep)."""
+    client = _client(root)
+    runs = client.search_runs([experiment_id], max_results=1, filter_string=(
+        f"tags.kind = '{SWEEP_POINT}' and tags.dvc_exp_name = '{exp_name}'"))
+    return runs[0].info.run_id if runs else None
+
+
+def start_sweep(root: Path, project: str, sweep_id: str, fixed: dict, tags: dict) -> str | None:
+    """The parent run of one sweep; the values every point shares are its params."""
+    if not enabled():
+        return None
+    client = _client(root)
+    experiment = f"bert4rec-{project}"
+    run = client.create_run(_experiment_id(root, experiment), run_name=f"sweep {sweep_id}", tags={
+        "project": project, "kind": "sweep", "sweep": sweep_id, "experiment_name": experiment,
+        **git_tags(root), **{k: str(v) for k, v in tags.items()}})
+    for key, value in fixed.items():
+        client.log_param(run.info.run_id, key, str(value))
+    return run.info.run_id
+
+
+def start_point(root: Path, parent: str | None, exp_name: str, varied: dict) -> str | None:
+    """A child of the sweep's run for one point (DVC experiment `exp_name`), its varied keys as
+    params; the point's stage runs nest under it (see _sweep_point)."""
+    if parent is None:
+        return None
+    client = _client(root)
+    sweep = client.get_run(parent)
+    run = client.create_run(sweep.info.experiment_id, run_name=exp_name, tags={
+        "mlflow.parentRunId": parent, "kind": SWEEP_POINT, "dvc_exp_name": exp_name,
+        "sweep": sweep.data.tags.get("sweep", ""), "project": sweep.data.tags.get("project", "")})
+    for key, value in varied.items():
+        client.log_param(run.info.run_id, key, str(value))
+    return run.info.run_id
+
+
+def finish_run(root: Path, run_id: str | None, ok: bool, metrics: dict[str, float]) -> None:
+    """Log a sweep's or a point's results and close its run (a run already closed is left alone)."""
+    if run_id is None or not enabled():
+        return
+    client = _client(root)
+    if client.get_run(run_id).info.status != "RUNNING":
+        return
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+
+# ---------------------------------------------------------------- the registry (make promote)
+
+@dataclass
+class Champion:
+    registered_model: str  # bert4rec-<project>
+    version: str
+    previous: str | None  # the version the alias pointed at before (it keeps its number)
+    source: str  # the logged model registered (models:/m-...)
+    run_id: str  # the run that logged it
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.registered_model}@{REGISTRY_ALIAS}"
+
+
+def _logged_model(root: Path, experiment_id: str, exp_name: str, model_dir: Path) -> tuple[str, str]:
+    """(model URI, run id): the one the experiment's train_val run logged, else logged now from
+    the workspace's model folder (the sweep ran with tracking off) in a run named after it."""
+    import mlflow
+
+    client = _client(root)
+    runs = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                              filter_string=f"tags.dvc_exp_name = '{exp_name}' and tags.stage = 'train_val'")
+    if runs and runs[0].data.tags.get("model_uri"):
+        return runs[0].data.tags["model_uri"], runs[0].info.run_id
+    global _run, _run_root
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"promote {exp_name}",
+                          tags={"kind": "promote", "dvc_exp_name": exp_name, **git_tags(root), **process_tags()}) as run:
+        _run, _run_root = run, root
+        try:
+            log_model(model_dir)
+        finally:
+            _run = None
+            _close_journal()
+    uri = client.get_run(run.info.run_id).data.tags.get("model_uri")
+    if uri is None:
+        raise UserError(f"MLflow run {run.info.run_id}: logging the model of {model_dir} did not finish; "
+                        "`bert4rec sync` sends it once the tracking server answers, then promote again")
+    return uri, run.info.run_id
+
+
+def register_champion(root: Path, project: str, exp_name: str, model_dir: Path, tags: dict) -> Champion:
+    """Register experiment `exp_name`'s model as a new version of `bert4rec-<project>` and point
+    the alias `champion` at it; earlier versions stay in the registry."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(root)
+    name = f"bert4rec-{project}"
+    source, run_id = _logged_model(root, _experiment_id(root, name), exp_name, model_dir)
+    try:
+        previous = client.get_model_version_by_alias(name, REGISTRY_ALIAS).version
+    except MlflowException:  # no registered model or no alias yet
+        previous = None
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        client.create_registered_model(name, tags={"project": project})
+    model_id = source.split("/", 1)[1] if source.startswith("models:/m-") else None
+    version = client.create_model_version(name, source, run_id=run_id, model_id=model_id,
+                                          tags={k: str(v) for k, v in {"dvc_exp_name": exp_name, **tags}.items()})
+    client.set_registered_model_alias(name, REGISTRY_ALIAS, version.version)
+    return Champion(name, str(version.version), None if previous is None else str(previous), source, run_id)
 
 
 # ---------------------------------------------------------------- the model, loadable from MLflow

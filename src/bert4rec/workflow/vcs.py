@@ -7,11 +7,14 @@ Keeping every call here means one place decides what gets committed (code, param
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from bert4rec import secrets
@@ -267,3 +270,103 @@ def dvc_pull(root: Path, *targets: str) -> None:
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise UserError(f"dvc pull from remote '{name}' at {secrets.without_credentials(url)} failed: {detail[-1] if detail else 'unknown error'}")
+
+
+# ---------------------------------------------------------------- DVC experiments (sweeps)
+
+QUEUE_DONE = ("Success", "Failed")
+
+
+def changed_files(root: Path, since: str, until: str = "HEAD") -> list[str]:
+    """Tracked files that differ between two commits."""
+    return git(root, "diff", "--name-only", since, until).stdout.split()
+
+
+def override(value) -> str:
+    """A parameter value as `dvc exp run -S key=<value>` reads it (Hydra's override grammar)."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # quoted: any characters survive
+
+
+def exp_queue(root: Path, name: str, assignments: dict[str, object]) -> None:
+    """Queue one experiment of the whole pipeline (`dvc exp run --queue --name NAME -S key=value ...`)."""
+    overrides = [arg for key, value in assignments.items() for arg in ("-S", f"{key}={override(value)}")]
+    dvc(root, "exp", "run", "--queue", "--name", name, *overrides)
+
+
+def queue_remove(root: Path, names: list[str]) -> None:
+    """Take experiments that have not started off the queue (a sweep that failed while queueing)."""
+    if names:
+        dvc(root, "queue", "remove", *names, check=False)
+
+
+def queue_start(root: Path, workers: int, env: dict) -> None:
+    """Start queue workers (`dvc queue start --jobs N`). They inherit `env` (tracking settings)
+    with the venv first on PATH: DVC's worker runs `dvc` from PATH and the stages `bert4rec`
+    (the temporary copy an experiment runs in has no .venv)."""
+    env = {**env, "PATH": os.pathsep.join([str(Path(dvc_executable()).parent), env.get("PATH", "")])}
+    args = [dvc_executable(), "queue", "start", "--jobs", str(workers)]
+    # The workers are daemons that keep the descriptors they were started with: a pipe would keep
+    # anyone reading it (our caller, `make ... | tee`) waiting until the last worker exits.
+    with tempfile.TemporaryFile("w+") as output:
+        result = subprocess.run(args, cwd=root, env=env, text=True, stdin=subprocess.DEVNULL,
+                                stdout=output, stderr=subprocess.STDOUT)
+        if result.returncode != 0:
+            output.seek(0)
+            raise UserError(f"`dvc queue start` failed (exit {result.returncode}): {output.read().strip()}")
+
+
+def queue_status(root: Path) -> tuple[dict[str, str], int]:
+    """(status by experiment name: Queued/Running/Success/Failed, number of live workers)."""
+    lines = dvc(root, "queue", "status").stdout.splitlines()
+    statuses, workers = {}, 0
+    for line in lines:
+        parts = line.split()
+        if line.startswith("Worker status:"):  # "Worker status: 1 active, 0 idle"
+            workers = sum(int(word) for word in parts if word.isdigit())
+        elif len(parts) >= 3 and parts[-1] in ("Queued", "Running", *QUEUE_DONE):
+            statuses[parts[1]] = parts[-1]
+    return statuses, workers
+
+
+def queue_follow(root: Path, name: str, env: dict | None = None) -> None:
+    """Stream a running experiment's output until it ends (`dvc queue logs --follow`)."""
+    dvc(root, "queue", "logs", "--follow", name, check=False, capture=False, env=env)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    rev: str  # the experiment's commit
+    baseline: str  # the commit it was run from
+
+
+def experiments(root: Path) -> dict[str, Experiment]:
+    """Every finished DVC experiment of the repository by name (refs/exps/<baseline>/<name>)."""
+    refs = git(root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps").stdout.splitlines()
+    found = {}
+    for line in refs:
+        rev, ref = line.split(" ", 1)
+        parts = ref.split("/")
+        if len(parts) == 5 and len(parts[2]) == 2 and len(parts[3]) == 38:
+            found[parts[4]] = Experiment(parts[4], rev, parts[2] + parts[3])
+    return found
+
+
+def read_at(root: Path, rev: str, path: str) -> str | None:
+    """A file as it is in a commit: git-tracked, or a DVC output read from the cache (None if absent)."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    try:
+        return dvc.api.read(path, repo=str(root), rev=rev)
+    except (DvcException, FileNotFoundError):
+        return None
+
+
+def exp_apply(root: Path, name: str) -> None:
+    """Make an experiment's params, dvc.lock and outputs the workspace's (`dvc exp apply`)."""
+    dvc(root, "exp", "apply", name)
