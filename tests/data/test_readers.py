@@ -26,7 +26,8 @@ from bert4rec.errors import UserError
 from bert4rec.params import Params, load_params
 from helpers import make_project, single_error, written_files
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples on every run, so a CI run cannot fail on a draw nobody saw
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 INT64 = st.integers(-(2**63), 2**63 - 1)
 BEYOND_INT64 = st.integers(2**63, 10**25) | st.integers(-(10**25), -(2**63) - 1)
 CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*")
@@ -71,7 +72,9 @@ def expected_histories(events, timed: bool) -> list[tuple]:
 
 def write_delimited(path: Path, events, delimiter: str) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+        # Tab-separated files are read without quoting (a quote is part of the id), as TSV writers do.
+        quoting = dict(quoting=csv.QUOTE_NONE, quotechar=None) if delimiter == "\t" else dict(quoting=csv.QUOTE_MINIMAL)
+        writer = csv.writer(handle, delimiter=delimiter, lineterminator="\n", **quoting)
         writer.writerow(HEADER)
         writer.writerows(events)
 

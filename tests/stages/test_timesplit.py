@@ -100,6 +100,28 @@ def test_evaluation_readers_keep_every_target_of_a_user_in_order(split_project):
     assert len(counts) == 2 and all(n == (2 if user == 0 else 1) for user, n in counts.items())
 
 
+def test_baselines_count_each_users_history_before_the_window_once(split_project):
+    """User a has two validation targets: its second record's history holds the first target (w),
+    which must not feed the baselines that then predict it."""
+    from bert4rec.model import recommend, transitions
+
+    assert run_stage("tfrecord", split_project) == 0
+    manifest, token = Manifest.read(split_project / "data/processed/records"), vocabulary(split_project)
+    popularity = recommend.history_popularity(manifest, "valid")
+    counted = transitions.count_transitions(manifest, "valid", popularity)
+    source = np.repeat(np.arange(len(counted.indptr) - 1), np.diff(counted.indptr))
+    got = {(int(s), int(t)): int(n) for s, t, n in zip(source, counted.tokens, counted.counts)}
+    # first histories: a x y z (before day 11), b y w, c x (its window's first event)
+    assert got == {(token["x"], token["y"]): 1, (token["y"], token["z"]): 1, (token["y"], token["w"]): 1}
+
+
+def test_a_time_split_keeps_histories_of_any_length(tmp_path):
+    project = make_project(tmp_path / "p", write_log(tmp_path / "log.csv"), raw={**DATES, "min_history_length": 1},
+                           tfrecord={"max_seq_length": 5, "max_predictions_per_seq": 2, "num_shards": 2,
+                                     "pool_size": 1})
+    assert run_stage("raw", project) == 0
+
+
 @pytest.mark.parametrize("rows, raw, message", [
     ([("a", "x", 1), ("a", "y", 12), ("b", "x", 2), ("b", "y", 22)], {"test_start": "1998-01-11"},
      "raw.test_start: must be after raw.validation_start"),

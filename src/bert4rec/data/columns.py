@@ -126,13 +126,14 @@ def times(column: pa.ChunkedArray, name: str, path: Path) -> pa.ChunkedArray:
     kind = column.type
     if column.null_count or (pa.types.is_floating(kind) and pc.any(pc.is_nan(column)).as_py()):
         raise UserError(f"{path}: column '{name}' has missing timestamps")
-    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
-        return pc.cast(column, pa.timestamp("ns"))
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         return pc.cast(column, pa.float64()) if pa.types.is_floating(kind) else pc.cast(column, pa.int64())
     try:
         return pc.cast(column, pa.timestamp("ns"))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+            raise UserError(f"{path}: column '{name}' has dates outside 1677-2262, the range of nanosecond "
+                            f"timestamps ({error})") from None
         raise UserError(f"{path}: column '{name}' is not a timestamp (numbers or dates expected)") from None
 
 

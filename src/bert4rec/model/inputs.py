@@ -261,6 +261,16 @@ def eval_chunks(manifest: Manifest, split: str, chunk_size: int = EVAL_CHUNK, wo
             ready = [pending.take(np.arange(size, len(pending)))] if size < len(pending) else []
 
 
+def first_histories(manifest: Manifest, split: str):
+    """eval_chunks with each user's first record only: a user with several targets (time split)
+    counts once, with the history before the window (later histories hold earlier targets)."""
+    previous = -1
+    for chunk in eval_chunks(manifest, split):
+        first = np.flatnonzero(np.diff(chunk.user_index, prepend=previous) != 0)
+        previous = chunk.user_index[-1]
+        yield chunk.take(first)
+
+
 def _user_keys(users: np.ndarray, seed: int) -> np.ndarray:
     """A seeded pseudo-random 64-bit key per user (splitmix64): the same user, the same key."""
     with np.errstate(over="ignore"):

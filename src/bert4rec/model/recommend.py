@@ -235,17 +235,10 @@ class Recommender:
 
 
 def history_popularity(manifest: Manifest, split: str) -> np.ndarray:
-    """Most-popular scores from the split's own input histories (no held-out item leaks in).
-
-    A user with several targets (time split) counts once, with the history before the first
-    (the events before the window): later histories hold earlier targets of the window.
-    """
+    """Most-popular scores from the split's own input histories (no held-out item leaks in)."""
     counts = np.zeros(manifest.num_tokens, dtype=np.float64)
-    previous = -1
-    for chunk in inputs.eval_chunks(manifest, split):
-        first = np.flatnonzero(np.diff(chunk.user_index, prepend=previous) != 0)
-        counts += np.bincount(chunk.take(first).history, minlength=len(counts))
-        previous = chunk.user_index[-1]
+    for chunk in inputs.first_histories(manifest, split):
+        counts += np.bincount(chunk.history, minlength=len(counts))
     return metrics.popularity_scores(counts[FIRST_ITEM:], manifest.num_tokens)
 
 

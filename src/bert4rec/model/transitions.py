@@ -70,17 +70,18 @@ def _best_successors(source, target, counts, popularity, keep: int):
 
 def count_transitions(manifest: Manifest, split: str, popularity: np.ndarray,
                       max_successors: int = MAX_SUCCESSORS, pairs_per_pass: int = PAIRS_PER_PASS) -> Transitions:
-    """Exact transition counts of a split's input histories, top `max_successors` per item."""
+    """Exact transition counts of a split's input histories (each user's once: a time split's later
+    records hold earlier targets of the window), top `max_successors` per item."""
     num_tokens = manifest.num_tokens
     out_degree = np.zeros(num_tokens, dtype=np.int64)
-    for chunk in inputs.eval_chunks(manifest, split):
+    for chunk in inputs.first_histories(manifest, split):
         out_degree += np.bincount(pairs(chunk)[0], minlength=num_tokens)
     parts = []
     for low, high in from_ranges(out_degree, pairs_per_pass):
         if not out_degree[low:high].any():
             continue
         keys = []
-        for chunk in inputs.eval_chunks(manifest, split):
+        for chunk in inputs.first_histories(manifest, split):
             source, target = pairs(chunk)
             here = (source >= low) & (source < high)
             keys.append((source[here] - low).astype(np.int64) * num_tokens + target[here])
