@@ -99,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{users:,} users, {args.items:,} items, {budget:g} minutes of training ...", flush=True)
         runs.append({"users": users, "training_minutes": budget, **run(args.work, users, args.items,
                                                                       args.events_per_user, budget)})
-    result = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30),
-                          "platform": platform.platform()},
-              "runs": runs, "targets": targets(runs), "wall_seconds": round(time.perf_counter() - started)}
-    write_json(args.out, result)
+        result = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30),
+                              "platform": platform.platform()},
+                  "runs": runs, "targets": targets(runs), "wall_seconds": round(time.perf_counter() - started)}
+        write_json(args.out, result)  # after every size: a long run stopped early keeps what it measured
     print(json.dumps(result["targets"], indent=2))
     return 0
 
