@@ -1,4 +1,4 @@
-"""The item-to-item transition baseline: exact sparse counts, bounded passes, the same scan as the model."""
+"""The item-to-item transition baseline: exact sparse counts, bounded passes, ranks equal to a dense table's."""
 
 from collections import Counter
 
@@ -81,13 +81,14 @@ def brute_force_scores(manifest, counted, popularity, last_items):
     return scores
 
 
-def test_scorer_ranks_like_a_dense_table_with_seen_items_removed(manifest):
+def test_ranks_and_top_k_match_a_dense_table_with_seen_items_removed(manifest):
     popularity = recommend.history_popularity(manifest, "test")
     counted = transitions.count_transitions(manifest, "test", popularity, max_successors=4)
-    recommender = recommend.Recommender(transitions.TransitionScorer(counted, popularity), chunk_items=7)
-    checked = 0
+    recommender = transitions.TransitionRecommender(counted, popularity)
+    checked, rng = 0, np.random.default_rng(3)
     for batch in inputs.eval_batches(manifest, "test", batch_size=16):
-        out = recommender(batch.input_ids, batch.history, batch.target, k=5)
+        negatives = rng.integers(FIRST_ITEM, manifest.num_tokens, size=(len(batch.target), 6))
+        out = recommender(batch.input_ids, batch.history, batch.target, negatives, k=5)
         last = np.pad(batch.input_ids, [[0, 0], [1, 0]])[:, -2]
         scores = brute_force_scores(manifest, counted, popularity, last)
         masked = scores.copy()
@@ -98,6 +99,7 @@ def test_scorer_ranks_like_a_dense_table_with_seen_items_removed(manifest):
             rivals = masked[row].copy()
             rivals[target] = -np.inf
             assert out["rank"][row] == (rivals >= scores[row, target]).sum()
+            assert out["sampled_rank"][row] == (scores[row, negatives[row]] >= scores[row, target]).sum()
             assert out["tokens"][row].tolist() == np.argsort(-masked[row], kind="stable")[:5].tolist()
             assert not set(out["tokens"][row].tolist()) & set(seen.tolist())
             checked += 1
@@ -118,7 +120,7 @@ def test_the_baseline_beats_most_popular_when_successors_are_predictable(tmp_pat
     manifest = Manifest.read(project / "data" / "processed" / "records")
     popularity = recommend.history_popularity(manifest, "test")
     recommenders = {"popular": recommend.PopularityRecommender(popularity),
-                    "item_to_item": recommend.Recommender(transitions.TransitionScorer(
-                        transitions.count_transitions(manifest, "test", popularity), popularity))}
+                    "item_to_item": transitions.TransitionRecommender(
+                        transitions.count_transitions(manifest, "test", popularity), popularity)}
     results = recommend.evaluate(recommenders, manifest, "test", 64)
     assert results["item_to_item"].result()["ndcg_at_10"] > 2 * results["popular"].result()["ndcg_at_10"]

@@ -61,7 +61,7 @@ class ModelScorer:
         return tf.linalg.diag_part(self.model.logits(state, tokens=tokens))
 
 
-def _is_seen(tokens: np.ndarray, seen: np.ndarray) -> np.ndarray:
+def is_seen(tokens: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """Whether tokens[b, i] is among seen[b] (rows sorted): one search over (row, token) keys."""
     rows = np.arange(len(tokens), dtype=np.int64)[:, None]
     span = np.int64(max(int(tokens.max(initial=0)), int(seen.max(initial=0))) + 2)
@@ -69,6 +69,12 @@ def _is_seen(tokens: np.ndarray, seen: np.ndarray) -> np.ndarray:
     wanted = (rows * span + tokens + 1).reshape(-1)
     where = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
     return (keys[where] == wanted).reshape(tokens.shape) if len(keys) else np.zeros(tokens.shape, bool)
+
+
+def distinct_items(seen) -> np.ndarray:
+    """Each row's items once, sorted, specials and repeats as -1 (which sort first)."""
+    seen = np.sort(np.where(np.asarray(seen) < FIRST_ITEM, -1, seen), axis=1)
+    return np.sort(np.where(np.diff(seen, axis=1, prepend=-2) == 0, -1, seen), axis=1)
 
 
 class PopularityRecommender:
@@ -84,8 +90,7 @@ class PopularityRecommender:
 
     def __call__(self, input_ids, seen, targets=None, negatives=None, k: int = 10) -> dict[str, np.ndarray]:
         batch = len(input_ids)
-        seen = np.sort(np.where(np.asarray(seen) < FIRST_ITEM, -1, seen), axis=1)
-        seen = np.sort(np.where(np.diff(seen, axis=1, prepend=-2) == 0, -1, seen), axis=1)  # each item once
+        seen = distinct_items(seen)
         targets = np.zeros(batch, np.int64) if targets is None else np.asarray(targets, np.int64)
         at = self.position[targets][:, None]
         seen_position = np.where(seen >= FIRST_ITEM, self.position[np.maximum(seen, 0)], len(self.position))
@@ -95,7 +100,7 @@ class PopularityRecommender:
             sampled = (self.position[negatives] < at).sum(1)
         k = min(k, len(self.order))
         candidates = self.order[:k + seen.shape[1]]
-        fresh = ~_is_seen(np.broadcast_to(candidates, (batch, len(candidates))), seen)
+        fresh = ~is_seen(np.broadcast_to(candidates, (batch, len(candidates))), seen)
         pick = np.argsort(~fresh, axis=1, kind="stable")[:, :k]  # the first k unseen, in ranking order
         tokens = candidates[pick]
         scores = np.where(np.take_along_axis(fresh, pick, 1), -self.position[tokens].astype(np.float32), -np.inf)

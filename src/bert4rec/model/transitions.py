@@ -5,9 +5,9 @@ item leaks in), exactly, in passes over ranges of "from" items: each pass holds 
 `pairs_per_pass` transitions, so memory stays bounded whatever the catalogue (668k items) or the
 log. Each item keeps its `max_successors` most frequent successors (sparse rows, CSR).
 
-`TransitionScorer` plugs into the one recommendation path (recommend.Recommender): a user's last
-item's successors rank first (by count, then popularity), every other item follows in
-most-popular order; seen items are removed by the Recommender like for every scorer.
+`TransitionRecommender` ranks like recommend.PopularityRecommender, from positions in one
+ranking per user: a user's last item's successors first (by count, then popularity), every
+other item in most-popular order; seen items removed, as for every recommender.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 
 from bert4rec.data.manifest import Manifest
 from bert4rec.model import inputs
-from bert4rec.model.recommend import NEG_INF
+from bert4rec.model.recommend import PopularityRecommender, is_seen, distinct_items
 
 MAX_SUCCESSORS = 100  # per item; the rest of the catalogue follows in most-popular order
 PAIRS_PER_PASS = 1 << 22  # transitions held per counting pass (~100 MB with np.unique's copies)
@@ -95,56 +94,68 @@ def count_transitions(manifest: Manifest, split: str, popularity: np.ndarray,
     return Transitions(indptr, target.astype(np.int32), counts.astype(np.int64))
 
 
-def popularity_scores(popularity: np.ndarray) -> np.ndarray:
-    """float32 scores that order the items exactly as the float64 popularity does (-rank)."""
-    order = np.argsort(-np.asarray(popularity, dtype=np.float64), kind="stable")
-    scores = np.empty(len(order), dtype=np.float32)
-    scores[order] = -np.arange(len(order), dtype=np.float32)
-    return scores
-
-
-class TransitionScorer:
-    """Scores of the item-to-item baseline for the Recommender's chunked scan.
-
-    Successors of the user's last item score M, M-1, ..., 1 in their order (M = how many it
-    has); every other item scores -(its most-popular rank) <= 0. All are small integers, exact
-    in float32, so the Recommender's comparisons are exact. Per batch only the last items'
-    successor rows are gathered (batch x max_successors), never a dense item x item table.
+class TransitionRecommender:
+    """The item-to-item baseline as one ranking per user: the unseen successors of the user's last
+    item first (by count, then popularity), then every other item in most-popular order. Ranks and
+    top-k come from positions in that ranking, so nothing scans the catalogue per user (a
+    668k-item catalogue costs what a 3k one does); the same contract as recommend.Recommender:
+    ties count against the target, the target stays a candidate, seen items are removed.
+    Scores: successors M, M-1, ..., 1 (M = how many the last item has); others -(popularity rank).
     """
 
     def __init__(self, transitions: Transitions, popularity: np.ndarray):
-        lengths = np.diff(transitions.indptr)
-        position = np.arange(len(transitions.tokens)) - np.repeat(transitions.indptr[:-1], lengths)
-        scores = (np.repeat(lengths, lengths) - position).astype(np.float32)
-        self.num_tokens = len(popularity)
-        self.width = int(lengths.max(initial=0))
-        self.popular = tf.constant(popularity_scores(popularity))
-        self.starts = tf.constant(transitions.indptr[:-1])
-        self.lengths = tf.constant(lengths)
-        self.tokens = tf.constant(np.r_[transitions.tokens, -1].astype(np.int32))  # -1: no successor
-        self.scores = tf.constant(np.r_[scores, 0.0].astype(np.float32))
+        self.popular = PopularityRecommender(popularity)
+        self.indptr, self.lengths = transitions.indptr, np.diff(transitions.indptr)
+        self.tokens = np.r_[transitions.tokens, -1].astype(np.int64)  # -1: no successor
+        self.width = max(int(self.lengths.max(initial=0)), 1)
 
-    def encode(self, input_ids):
-        """State: the successor tokens and scores of each row's last item (the one before [MASK])."""
-        last = tf.pad(input_ids, [[0, 0], [1, 0]])[:, -2]  # PAD when the history is empty
-        offsets = tf.range(self.width, dtype=tf.int64)[None, :]
-        present = offsets < tf.gather(self.lengths, last)[:, None]
-        index = tf.where(present, tf.gather(self.starts, last)[:, None] + offsets, tf.shape(self.tokens, tf.int64)[0] - 1)
-        tokens = tf.where(present, tf.gather(self.tokens, index), -1)
-        rows = tf.shape(input_ids)[0]
-        return (tokens, tf.where(present, tf.gather(self.scores, index), NEG_INF)), tf.zeros([rows, 0])
+    def successors(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, scores) of each row's last item's successors (the item before [MASK]); -1 / -inf
+        where a row has fewer."""
+        last = np.pad(np.asarray(input_ids), [[0, 0], [1, 0]])[:, -2]  # PAD when the history is empty
+        offsets = np.arange(self.width)[None, :]
+        present = offsets < self.lengths[last][:, None]
+        index = np.where(present, self.indptr[last][:, None] + offsets, len(self.tokens) - 1)
+        scores = np.where(present, self.lengths[last][:, None] - offsets, -np.inf)
+        return self.tokens[index], scores
 
-    def chunk(self, state, start: int, size: int):
-        tokens, scores = state
-        batch = tf.shape(tokens)[0]
-        base = tf.broadcast_to(self.popular[start:start + size][None, :], [batch, size])
-        local = tokens - start
-        inside = (local >= 0) & (local < size)
-        rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(tokens))
-        where = tf.boolean_mask(tf.stack([rows, local], -1), inside)
-        return tf.tensor_scatter_nd_update(base, where, tf.boolean_mask(scores, inside))
+    def __call__(self, input_ids, seen, targets=None, negatives=None, k: int = 10) -> dict[str, np.ndarray]:
+        batch, position = len(input_ids), self.popular.position
+        succ, succ_scores = self.successors(input_ids)
+        seen = distinct_items(seen)
+        targets = np.zeros(batch, np.int64) if targets is None else np.asarray(targets, np.int64)
+        fresh = (succ >= 0) & ~is_seen(succ, seen)
+        target_scores = self._scores(succ, succ_scores, targets[:, None])[:, 0]
+        rivals = fresh & (succ != targets[:, None])
+        rank = (rivals & (succ_scores >= target_scores[:, None])).sum(1)
+        at = position[targets]  # a target outside the successors: the items before it in popularity order
+        seen_before = ((seen >= 0) & (seen != targets[:, None]) & (position[np.maximum(seen, 0)] < at[:, None])).sum(1)
+        fresh_before = (rivals & (position[np.maximum(succ, 0)] < at[:, None])).sum(1)
+        rank += np.where(target_scores > 0, 0, at - seen_before - fresh_before)
+        sampled = np.zeros(batch, np.int64)
+        if negatives is not None and np.size(negatives):
+            sampled = (self._scores(succ, succ_scores, np.asarray(negatives)) >= target_scores[:, None]).sum(1)
+        tokens, scores = self._top(succ, succ_scores, fresh, seen, k)
+        return {"tokens": tokens, "scores": scores, "rank": rank, "sampled_rank": sampled,
+                "embedding": np.zeros((batch, 0), np.float32)}
 
-    def at(self, state, targets):
-        tokens, scores = state
-        own = tf.reduce_max(tf.where(tokens == targets[:, None], scores, NEG_INF), axis=1)
-        return tf.maximum(own, tf.gather(self.popular, targets))
+    def _scores(self, succ, succ_scores, tokens) -> np.ndarray:
+        """Scores of (batch, n) tokens: their successor score, else -(popularity rank)."""
+        match = tokens[:, :, None] == succ[:, None, :]
+        own = np.where(match, succ_scores[:, None, :], -np.inf).max(2)
+        return np.where(match.any(2), own, -self.popular.position[tokens].astype(np.float64))
+
+    def _top(self, succ, succ_scores, fresh, seen, k: int):
+        """The first k of: unseen successors in order, then unseen non-successors by popularity."""
+        batch = len(succ)
+        k = min(k, len(self.popular.order))
+        candidates = self.popular.order[:k + self.width + seen.shape[1]]
+        popular = np.broadcast_to(candidates, (batch, len(candidates)))
+        taken = np.concatenate([seen, np.where(succ >= 0, succ, -1)], 1)
+        popular_ok = ~is_seen(popular, np.sort(taken, axis=1))
+        tokens = np.concatenate([succ, popular], 1)
+        scores = np.concatenate([succ_scores, -self.popular.position[popular].astype(np.float64)], 1)
+        pick = np.argsort(~np.concatenate([fresh, popular_ok], 1), axis=1, kind="stable")[:, :k]
+        valid = np.take_along_axis(np.concatenate([fresh, popular_ok], 1), pick, 1)
+        return (np.take_along_axis(tokens, pick, 1),
+                np.where(valid, np.take_along_axis(scores, pick, 1), -np.inf).astype(np.float32))

@@ -41,7 +41,7 @@ def run(paths: ProjectPaths, params: Params) -> dict:
     counted = transitions.count_transitions(manifest, "test", popularity)
     recommenders = {"model": recommend.Recommender(recommend.ModelScorer(model)),
                     "most_popular": recommend.PopularityRecommender(popularity),
-                    "item_to_item": recommend.Recommender(transitions.TransitionScorer(counted, popularity))}
+                    "item_to_item": transitions.TransitionRecommender(counted, popularity)}
     worker = cluster_worker()
     sampling = recommend.Sampling(tp.sampled_negatives, popularity, params.train_val.seed + worker.index)
     with tracking.stage_run("test", paths, params, sections=("test",), model_name=name, record=worker.chief), \
