@@ -188,16 +188,6 @@ def clean_chunk(rows: np.ndarray, raw: RawParams, dropped: Dropped, windows: Win
     return codes[long_enough], lengths[long_enough], rows["item"], rows["time"]
 
 
-def split_windows(raw: RawParams, spill: Spill, source: Path) -> Windows | None:
-    """The time split's dates in the input's time unit (None for leave-one-out)."""
-    if raw.split != "time":
-        return None
-    if spill.time_unit is None:
-        raise UserError(f"{source}: raw.split is time but the input has no timestamps; name the column in "
-                        "raw.columns.timestamp, or use raw.split: leave_one_out")
-    return Windows.of(raw, spill.time_unit)
-
-
 def _chunk_table(schema: pa.Schema, index, user_ids: pa.Array, lengths, items: pa.Array, times) -> pa.Table:
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     columns = {"user_index": index, "user_id": user_ids, "items": pa.ListArray.from_arrays(offsets, items)}
@@ -217,7 +207,8 @@ def write_sequences(
     """Clean each chunk and write the sequences (row groups of whole chunks, at least
     ROW_GROUP_USERS users each but the last); the user map beside them."""
     source = paths.resolve_input(raw.input)
-    windows = split_windows(raw, spill, source)
+    windows = Windows.for_split(raw, spill.time_unit, f"{source}: raw.split is time but the input has no timestamps; "
+                                "name the column in raw.columns.timestamp, or use raw.split: leave_one_out")
     item_counts = np.zeros(n_items, dtype=np.int64)
     dropped, kept_users, lengths_kept, user_map_parts, pending = Dropped(), 0, [], [], []
     counts = WindowCounts(n_items)
@@ -227,7 +218,7 @@ def write_sequences(
             codes, lengths, item, times = clean_chunk(rows, raw, dropped, windows)
             if not len(codes):
                 continue
-            np.add.at(item_counts, item, 1)
+            item_counts += np.bincount(item, minlength=n_items)
             if windows is not None:
                 counts.add(lengths, item, times, windows)
             index = np.arange(kept_users, kept_users + len(codes), dtype=np.int32)

@@ -40,6 +40,16 @@ class Windows:
         return cls(unit, at(raw.data_start, -np.inf), at(raw.validation_start, 0.0), at(raw.test_start, 0.0),
                    at(raw.test_end, np.inf))
 
+    @classmethod
+    def for_split(cls, raw: RawParams, unit: str | None, missing: str) -> "Windows | None":
+        """The time split's dates in the data's unit; None for leave-one-out; data without
+        timestamps (unit None) under a time split is the error `missing`."""
+        if raw.split != "time":
+            return None
+        if unit is None:
+            raise UserError(missing)
+        return cls.of(raw, unit)
+
     def keep(self, times: np.ndarray) -> np.ndarray:
         """Events inside [data_start, test_end)."""
         return (times >= self.data_start) & (times < self.test_end)
@@ -85,7 +95,7 @@ class WindowCounts:
         self.users += np.bincount(np.unique(user * 3 + window) % 3, minlength=3)
         self.targets += np.bincount(window[has_history], minlength=3)
         self.users_evaluated += np.bincount(np.unique((user * 3 + window)[has_history]) % 3, minlength=3)
-        np.add.at(self.item_events, (items, window), 1)
+        self.item_events += np.bincount(items * 3 + window, minlength=3 * self.n_items).reshape(-1, 3)
 
     def summary(self, windows: Windows, raw: RawParams) -> dict:
         counts = self.item_events if self.item_events is not None else np.zeros((self.n_items, 3), np.int64)

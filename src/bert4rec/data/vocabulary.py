@@ -32,7 +32,7 @@ def build_vocabulary(sequences: Path, out: Path, before: float | None = None) ->
             flat = flat.filter(pa.array(table.column("times").combine_chunks().flatten().to_numpy() < before))
         codes = readers.first_seen_codes(pa.chunked_array([flat]), seen)
         counts = np.concatenate([counts, np.zeros(len(seen) - len(counts), dtype=np.int64)])
-        np.add.at(counts, codes, 1)
+        counts += np.bincount(codes, minlength=len(counts))
     order = np.argsort(-counts, kind="stable")
     ids = seen.values.take(pa.array(order))
     table = pa.table(

@@ -120,42 +120,28 @@ class TransitionRecommender:
         return self.tokens[index], scores
 
     def __call__(self, input_ids, seen, targets=None, negatives=None, k: int = 10) -> dict[str, np.ndarray]:
-        batch, position = len(input_ids), self.popular.position
+        """Successors first; after them the most-popular ranking with the successors taken out,
+        i.e. the most-popular recommender with the successors counted as seen."""
+        batch, k = len(input_ids), min(k, len(self.popular.order))
         succ, succ_scores = self.successors(input_ids)
-        seen = distinct_items(seen)
         targets = np.zeros(batch, np.int64) if targets is None else np.asarray(targets, np.int64)
-        fresh = (succ >= 0) & ~is_seen(succ, seen)
+        rest = self.popular(input_ids, np.concatenate([np.asarray(seen), succ], 1), targets, None, k)
+        fresh = (succ >= 0) & ~is_seen(succ, distinct_items(seen))
         target_scores = self._scores(succ, succ_scores, targets[:, None])[:, 0]
-        rivals = fresh & (succ != targets[:, None])
-        rank = (rivals & (succ_scores >= target_scores[:, None])).sum(1)
-        at = position[targets]  # a target outside the successors: the items before it in popularity order
-        seen_before = ((seen >= 0) & (seen != targets[:, None]) & (position[np.maximum(seen, 0)] < at[:, None])).sum(1)
-        fresh_before = (rivals & (position[np.maximum(succ, 0)] < at[:, None])).sum(1)
-        rank += np.where(target_scores > 0, 0, at - seen_before - fresh_before)
+        rivals = fresh & (succ != targets[:, None]) & (succ_scores >= target_scores[:, None])
+        rank = rivals.sum(1) + np.where(target_scores > 0, 0, rest["rank"])
         sampled = np.zeros(batch, np.int64)
         if negatives is not None and np.size(negatives):
             sampled = (self._scores(succ, succ_scores, np.asarray(negatives)) >= target_scores[:, None]).sum(1)
-        tokens, scores = self._top(succ, succ_scores, fresh, seen, k)
-        return {"tokens": tokens, "scores": scores, "rank": rank, "sampled_rank": sampled,
-                "embedding": np.zeros((batch, 0), np.float32)}
+        valid = np.concatenate([fresh, np.isfinite(rest["scores"])], 1)
+        pick = np.argsort(~valid, axis=1, kind="stable")[:, :k]  # unseen successors, then the ranking
+        tokens = np.take_along_axis(np.concatenate([succ, rest["tokens"]], 1), pick, 1)
+        scores = np.take_along_axis(np.concatenate([succ_scores, rest["scores"]], 1), pick, 1)
+        return {"tokens": tokens, "scores": np.where(np.take_along_axis(valid, pick, 1), scores, -np.inf).astype(np.float32),
+                "rank": rank, "sampled_rank": sampled, "embedding": np.zeros((batch, 0), np.float32)}
 
     def _scores(self, succ, succ_scores, tokens) -> np.ndarray:
         """Scores of (batch, n) tokens: their successor score, else -(popularity rank)."""
         match = tokens[:, :, None] == succ[:, None, :]
         own = np.where(match, succ_scores[:, None, :], -np.inf).max(2)
         return np.where(match.any(2), own, -self.popular.position[tokens].astype(np.float64))
-
-    def _top(self, succ, succ_scores, fresh, seen, k: int):
-        """The first k of: unseen successors in order, then unseen non-successors by popularity."""
-        batch = len(succ)
-        k = min(k, len(self.popular.order))
-        candidates = self.popular.order[:k + self.width + seen.shape[1]]
-        popular = np.broadcast_to(candidates, (batch, len(candidates)))
-        taken = np.concatenate([seen, np.where(succ >= 0, succ, -1)], 1)
-        popular_ok = ~is_seen(popular, np.sort(taken, axis=1))
-        tokens = np.concatenate([succ, popular], 1)
-        scores = np.concatenate([succ_scores, -self.popular.position[popular].astype(np.float64)], 1)
-        pick = np.argsort(~np.concatenate([fresh, popular_ok], 1), axis=1, kind="stable")[:, :k]
-        valid = np.take_along_axis(np.concatenate([fresh, popular_ok], 1), pick, 1)
-        return (np.take_along_axis(tokens, pick, 1),
-                np.where(valid, np.take_along_axis(scores, pick, 1), -np.inf).astype(np.float32))

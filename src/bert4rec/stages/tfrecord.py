@@ -44,7 +44,9 @@ def run(paths: ProjectPaths, params: Params) -> Manifest:
     if tf_params.num_shards > users:
         raise UserError(f"tfrecord.num_shards ({tf_params.num_shards}) is more than the {users} users in "
                         f"{paths.sequences}; every shard needs a user: set tfrecord.num_shards to at most {users}")
-    windows = time_windows(paths, params)
+    windows = Windows.for_split(params.raw, time_unit(pq.read_schema(paths.sequences)),
+                                f"{paths.sequences}: raw.split is time but the sequences have no timestamps; "
+                                "rerun the raw stage")
     with all_or_nothing():
         if task in ("train_val_test", "train_val"):
             before = None if windows is None else windows.validation_start
@@ -88,15 +90,6 @@ def _write_records(paths: ProjectPaths, params: Params, vocab_size: int, windows
     )
 
 
-def time_windows(paths: ProjectPaths, params: Params) -> Windows | None:
-    """A time split's dates in the sequences' time unit; the sequences must carry timestamps."""
-    if params.raw.split != "time":
-        return None
-    unit = time_unit(pq.read_schema(paths.sequences))
-    if unit is None:
-        raise UserError(f"{paths.sequences}: raw.split is time but the sequences have no timestamps; "
-                        "rerun the raw stage")
-    return Windows.of(params.raw, unit)
 
 
 def _split(split: str, results: list[dict], out: Path, tf_params) -> Split:

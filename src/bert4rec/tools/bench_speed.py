@@ -66,17 +66,18 @@ def probe(project: Path, params: dict, steps: int, warmup: int) -> dict:
     strategy = runtime.start(tv.distribution, tv.seed, tv.deterministic_ops, tv.mixed_precision)
     trainer = Trainer(tv, manifest, np.ones(manifest.vocab_size), project / "speed-logs", project / "speed-ckpt",
                       strategy=strategy)
-    batches, total, work = iter(trainer.epoch_batches(0)), 0.0, 0.0
+    batches, timed = iter(trainer.epoch_batches(0)), []
     for index in range(warmup + steps):
         batch = next(batches)
         if index == warmup:
             started = time.perf_counter()
         loss = trainer.train_step(batch)
         if index >= warmup:
-            width, rows = shape_of(batch, tv.objective)
-            work += flops.step_flops(tv, tv.batch_size, width, rows, manifest.num_tokens)
+            timed.append(batch)  # their FLOPs are counted after the clock stops
     float(loss)  # wait for the last step
     total = time.perf_counter() - started
+    work = sum(flops.step_flops(tv, tv.batch_size, *shape_of(batch, tv.objective), manifest.num_tokens)
+               for batch in timed)
     return {"steps": steps, "seconds": round(total, 3), "sequences_per_second": round(steps * tv.batch_size / total, 1),
             "gflop_per_step": round(work / steps / 1e9, 2), "achieved_gflop_per_second": round(work / total / 1e9, 1)}
 
