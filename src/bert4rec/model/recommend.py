@@ -143,6 +143,12 @@ def _groups(scores):
     return tf.reshape(padded, [batch, groups, GROUP])
 
 
+def _count_true(groups):
+    """Trues along the last axis (GROUP long): through uint8, as TensorFlow's bool -> int32 cast
+    on the CPU costs more than the matmul that produced the scores."""
+    return tf.cast(tf.reduce_sum(tf.cast(groups, tf.uint8), -1), tf.int32)
+
+
 def _count_at_least(layout, maxima, threshold):
     """Per row, how many items score >= threshold: only groups whose maximum reaches it are
     counted item by item (few for a good model); when most groups do, every item is compared."""
@@ -152,10 +158,10 @@ def _count_at_least(layout, maxima, threshold):
     def sparse():
         rows = tf.cast(hits[:, 0], tf.int32)
         above = tf.gather_nd(layout, hits) >= tf.gather(threshold[:, 0], rows)[:, None]
-        return tf.math.unsorted_segment_sum(tf.reduce_sum(tf.cast(above, tf.int32), 1), rows, batch)
+        return tf.math.unsorted_segment_sum(_count_true(above), rows, batch)
 
     def dense():
-        return tf.reduce_sum(tf.cast(layout >= threshold[:, :, None], tf.int32), [1, 2])
+        return tf.reduce_sum(_count_true(layout >= threshold[:, :, None]), 1)
 
     return tf.cond(tf.shape(hits)[0] * 4 < tf.size(maxima), sparse, dense)
 
