@@ -370,7 +370,7 @@ def set_tags(tags: dict) -> None:
         return
     import mlflow
 
-    tags = {k: str(v) for k, v in tags.items()}
+    tags = _strings(tags)
     _send({"kind": "tags", "tags": tags}, lambda: mlflow.set_tags(tags))
 
 
@@ -431,18 +431,27 @@ def _logging_run(client, uri: str) -> str | None:
 # ---------------------------------------------------------------- parent run (make <stage>)
 
 def start_parent(root: Path, project: str, target: str, tags: dict) -> str | None:
-    """Open the parent run of one `make <stage>` call; returns its id (None if tracking is off)."""
+    """Open the parent run of one `make <stage>` call; returns its id (None if tracking is off).
+    Its process owns it: killed, it is marked KILLED by the next run on this host."""
     if not enabled():
         return None
-    client = _client(root)
+    return _open_run(_client(root), root, project, f"make {target}",
+                     {"stage": target, "kind": "pipeline", **process_tags(), **tags})
+
+
+def _open_run(client, root: Path, project: str, run_name: str, tags: dict, params: dict | None = None) -> str:
+    """A top-level run in the project's experiment with the git state, tags and params."""
+    from mlflow.entities import Param
+
     experiment = f"bert4rec-{project}"
-    run = client.create_run(
-        _experiment_id(root, experiment),
-        run_name=f"make {target}",
-        tags={"project": project, "stage": target, "experiment_name": experiment, "kind": "pipeline",
-              **git_tags(root), **process_tags(), **{k: str(v) for k, v in tags.items()}},
-    )
+    run = client.create_run(_experiment_id(root, experiment), run_name=run_name, tags={
+        "project": project, "experiment_name": experiment, **git_tags(root), **_strings(tags)})
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _strings(params or {}).items()])
     return run.info.run_id
+
+
+def _strings(values: dict) -> dict[str, str]:
+    return {key: str(value) for key, value in values.items()}
 
 
 def finish_parent(root: Path, run_id: str | None, ok: bool, tags: dict) -> list[str] | None:
@@ -450,13 +459,14 @@ def finish_parent(root: Path, run_id: str | None, ok: bool, tags: dict) -> list[
     With the server gone, this is kept for later (.mlflow-pending) and None is returned."""
     if run_id is None:
         return []
-    tags, status = {k: str(v) for k, v in tags.items()}, "FINISHED" if ok else "FAILED"
+    from mlflow.entities import RunTag
+
+    tags, status = _strings(tags), "FINISHED" if ok else "FAILED"
     try:
         client = _client(root)
         children = _children(client, run_id)
         for rid in [run_id, *children]:
-            for key, value in tags.items():
-                client.set_tag(rid, key, value)
+            client.log_batch(rid, tags=[RunTag(key, value) for key, value in tags.items()])
         client.set_terminated(run_id, status=status)
         return children
     except Exception as error:  # MLflow wraps connection errors in its own exception types
@@ -489,22 +499,19 @@ def _sweep_point(root: Path, experiment_id: str, exp_name: str) -> str | None:
 
 
 def start_sweep(root: Path, project: str, sweep_id: str, fixed: dict, tags: dict) -> str | None:
-    """The parent run of one sweep; the values every point shares are its params."""
+    """The parent run of one sweep; the values every point shares are its params. No process
+    owns it: a sweep stopped and resumed later closes the same run."""
     if not enabled():
         return None
-    client = _client(root)
-    experiment = f"bert4rec-{project}"
-    run = client.create_run(_experiment_id(root, experiment), run_name=f"sweep {sweep_id}", tags={
-        "project": project, "kind": "sweep", "sweep": sweep_id, "experiment_name": experiment,
-        **git_tags(root), **{k: str(v) for k, v in tags.items()}})
-    for key, value in fixed.items():
-        client.log_param(run.info.run_id, key, str(value))
-    return run.info.run_id
+    return _open_run(_client(root), root, project, f"sweep {sweep_id}", {"kind": "sweep", "sweep": sweep_id, **tags},
+                     fixed)
 
 
 def start_point(root: Path, parent: str | None, exp_name: str, varied: dict) -> str | None:
     """A child of the sweep's run for one point (DVC experiment `exp_name`), its varied keys as
     params; the point's stage runs nest under it (see _sweep_point)."""
+    from mlflow.entities import Param
+
     if parent is None:
         return None
     client = _client(root)
@@ -512,20 +519,21 @@ def start_point(root: Path, parent: str | None, exp_name: str, varied: dict) -> 
     run = client.create_run(sweep.info.experiment_id, run_name=exp_name, tags={
         "mlflow.parentRunId": parent, "kind": SWEEP_POINT, "dvc_exp_name": exp_name,
         "sweep": sweep.data.tags.get("sweep", ""), "project": sweep.data.tags.get("project", "")})
-    for key, value in varied.items():
-        client.log_param(run.info.run_id, key, str(value))
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _strings(varied).items()])
     return run.info.run_id
 
 
 def finish_run(root: Path, run_id: str | None, ok: bool, metrics: dict[str, float]) -> None:
     """Log a sweep's or a point's results and close its run (a run already closed is left alone)."""
+    from mlflow.entities import Metric
+
     if run_id is None or not enabled():
         return
     client = _client(root)
     if client.get_run(run_id).info.status != "RUNNING":
         return
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, float(value))
+    stamp = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, float(value), stamp, 0) for key, value in metrics.items()])
     client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
 
 
@@ -586,7 +594,7 @@ def register_champion(root: Path, project: str, exp_name: str, model_dir: Path, 
         client.create_registered_model(name, tags={"project": project})
     model_id = source.split("/", 1)[1] if source.startswith("models:/m-") else None
     version = client.create_model_version(name, source, run_id=run_id, model_id=model_id,
-                                          tags={k: str(v) for k, v in {"dvc_exp_name": exp_name, **tags}.items()})
+                                          tags=_strings({"dvc_exp_name": exp_name, **tags}))
     client.set_registered_model_alias(name, REGISTRY_ALIAS, version.version)
     return Champion(name, str(version.version), None if previous is None else str(previous), source, run_id)
 
