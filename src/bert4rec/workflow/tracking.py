@@ -473,10 +473,7 @@ def finish_parent(root: Path, run_id: str | None, ok: bool, tags: dict) -> list[
         if not (isinstance(error, UserError) or _unreachable(error)):
             raise
         folder = root / PENDING / run_id
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "journal.jsonl", "a") as handle:
-            for entry in ({"kind": "family_tags", "tags": tags}, {"kind": "end", "status": status}):
-                handle.write(json.dumps(entry) + "\n")
+        _append_journal(folder, {"kind": "family_tags", "tags": tags}, {"kind": "end", "status": status})
         log.warning("MLflow tracking server unreachable while closing run %s; kept in %s for the next command "
                     "that reaches it (or `bert4rec sync`)", run_id, folder)
         return None
@@ -676,8 +673,14 @@ def _send(entry: dict, call) -> None:
             _journal = _open_journal(error)
     if entry["kind"] == "artifact":
         entry = {**entry, "file": _keep_copy(Path(entry["file"]))}
-    with open(_journal / "journal.jsonl", "a") as handle:
-        handle.write(json.dumps(entry) + "\n")
+    _append_journal(_journal, entry)
+
+
+def _append_journal(folder: Path, *entries: dict) -> None:
+    """What a run could not send, one JSON line per call, replayed in order by replay_pending."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "journal.jsonl", "a") as handle:
+        handle.writelines(json.dumps(entry) + "\n" for entry in entries)
 
 
 def _open_journal(error: Exception) -> Path:
@@ -718,7 +721,7 @@ def replay_pending(root: Path, client) -> int:
 
 def _replay(client, run_id: str, entries: list[dict]) -> None:
     import mlflow
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric, Param, RunTag
 
     status = "KILLED"  # no end in the journal: the process died before the stage finished
     for entry in entries:
@@ -728,8 +731,7 @@ def _replay(client, run_id: str, entries: list[dict]) -> None:
                                               for k, v in entry["metrics"].items()])
         elif kind in ("tags", "family_tags"):  # family: the run and its children (a `make` parent run)
             for rid in [run_id, *(_children(client, run_id) if kind == "family_tags" else [])]:
-                for key, value in entry["tags"].items():
-                    client.set_tag(rid, key, value)
+                client.log_batch(rid, tags=[RunTag(k, v) for k, v in entry["tags"].items()])
         elif kind == "params":
             client.log_batch(run_id, params=[Param(k, v) for k, v in entry["params"].items()])
         elif kind == "artifact":
