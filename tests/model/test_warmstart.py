@@ -41,7 +41,8 @@ def test_kept_items_keep_their_rows_new_ones_are_fresh_gone_ones_dropped(tmp_pat
     keras.utils.set_random_seed(2)
     child = build_model(len(child_items) + FIRST_ITEM, PARAMS)
     fresh = {name: rows(child, name) for name in warmstart.PER_TOKEN}
-    match = warmstart.warm_start(child, parent, child_items, new_item_init)
+    match = warmstart.reconcile(parent.item_ids, child_items)
+    warmstart.warm_start(child, parent, match, new_item_init)
     assert (match.tokens.tolist(), match.parent_tokens.tolist(), match.new_tokens.tolist(), match.dropped) == \
         ([2, 4, 6], [5, 2, 7], [3, 5], 3)
     for name in warmstart.PER_TOKEN:

@@ -23,7 +23,6 @@ import pyarrow.compute as pc
 from bert4rec.data.records import FIRST_ITEM
 from bert4rec.errors import UserError
 from bert4rec.model import store
-from bert4rec.model.network import build_model
 from bert4rec.params import ModelParams
 
 # The keys that shape the weights; dropout and initializer_range may differ.
@@ -52,12 +51,8 @@ def load_parent(folder: Path, source: str) -> Parent:
     if not (folder / store.WEIGHTS).exists():
         raise UserError(f"{folder / store.WEIGHTS}: train_val.init_from '{source}' is not a trained model "
                         "(expected models/<name>/ with weights.npz, model.json and items.parquet)")
-    info = store.read_info(folder)
-    model = build_model(info.num_tokens, info.model)
-    weights = store.arrays_to_weights(store.load_arrays(folder / store.WEIGHTS, "parent model weights"), "model/")
-    store.set_model_weights(model, weights, folder / store.WEIGHTS)
-    named = {variable_name(v): np.asarray(w) for v, w in zip(model.weights, weights)}
-    return Parent(folder, info, named, store.item_ids(folder))
+    model, info = store.load_model(folder)
+    return Parent(folder, info, {variable_name(v): v.numpy() for v in model.weights}, store.item_ids(folder))
 
 
 def check_architecture(parent: Parent, wanted: ModelParams, source: str) -> None:
@@ -100,9 +95,8 @@ def _rows(fresh: np.ndarray, trained: np.ndarray, match: Reconciliation, new_ite
     return out
 
 
-def warm_start(model, parent: Parent, item_ids: pa.Array, new_item_init: str) -> Reconciliation:
-    """Copy the parent's weights into `model` by name, reconciling the vocabulary."""
-    match = reconcile(parent.item_ids, item_ids)
+def warm_start(model, parent: Parent, match: Reconciliation, new_item_init: str) -> None:
+    """Copy the parent's weights into `model` by name, per-token rows as `match` maps them."""
     for variable in model.weights:
         name = variable_name(variable)
         if name not in parent.weights:
@@ -114,4 +108,3 @@ def warm_start(model, parent: Parent, item_ids: pa.Array, new_item_init: str) ->
             raise UserError(f"{parent.folder / store.WEIGHTS}: weight '{name}' has shape {tuple(value.shape)}, "
                             f"this model's is {tuple(variable.shape)}")
         variable.assign(value.astype(np.float32))
-    return match

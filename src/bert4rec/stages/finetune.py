@@ -26,6 +26,7 @@ log = logging.getLogger("bert4rec.train_val")
 @dataclass
 class LoadedParent:
     weights: warmstart.Parent
+    match: warmstart.Reconciliation  # the parent's items onto this vocabulary
     lineage: store.ParentModel
 
 
@@ -57,7 +58,7 @@ def load_parent(paths: ProjectPaths, params: TrainValParams, own: Path) -> Loade
         source=params.init_from, model_name=parent.info.model_name, run_id=run_id,
         vocabulary_sha256=parent.info.vocabulary_sha256, shared_items=len(match.tokens),
         new_items=len(match.new_tokens), dropped_items=match.dropped, new_item_init=params.new_item_init)
-    return LoadedParent(parent, lineage)
+    return LoadedParent(parent, match, lineage)
 
 
 def check_saved(folder: Path, params: TrainValParams) -> None:
@@ -69,9 +70,8 @@ def check_saved(folder: Path, params: TrainValParams) -> None:
                         "to a new name or restore the params")
 
 
-def warm_start(trainer: Trainer, parent: LoadedParent, paths: ProjectPaths, params: TrainValParams) -> None:
-    warmstart.warm_start(trainer.model, parent.weights, vocabulary.load_vocabulary(paths.item_vocab),
-                         params.new_item_init)
+def warm_start(trainer: Trainer, parent: LoadedParent, params: TrainValParams) -> None:
+    warmstart.warm_start(trainer.model, parent.weights, parent.match, params.new_item_init)
     lineage = parent.lineage
     log.info("warm start from %s (model %s): %d items kept, %d new (%s), %d dropped", lineage.source,
              lineage.model_name, lineage.shared_items, lineage.new_items, lineage.new_item_init, lineage.dropped_items)

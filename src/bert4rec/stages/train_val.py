@@ -99,7 +99,7 @@ def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
     if trainer.resume(area, paths.model_dir(name) / "checkpoints"):
         log.info("resumed %s from step %d", name, trainer.state.step)
     elif parent is not None:
-        finetune.warm_start(trainer, parent, paths, tv)
+        finetune.warm_start(trainer, parent, tv)
     info = store.ModelInfo(model_name=name, num_tokens=manifest.num_tokens, max_seq_length=manifest.max_seq_length,
                            objective=tv.objective, model=tv.model, vocabulary_sha256=manifest.vocabulary.sha256,
                            parent=parent.lineage if parent else None)

@@ -78,15 +78,15 @@ def at_warm_start(later: Path, parent_folder: Path) -> dict:
     manifest = Manifest.read(later / "data" / "processed" / "records")
     parent = warmstart.load_parent(parent_folder, PARENT)
     items = load_vocabulary(later / "references" / "items.parquet")
-    new_tokens = warmstart.reconcile(parent.item_ids, items).new_tokens
+    match = warmstart.reconcile(parent.item_ids, items)
     out = {}
     for rule in ("mean", "random"):
         runtime.start("default", 42, False, "off")  # the same random rows for both rules
         model = build_model(manifest.num_tokens, parent.info.model)
-        warmstart.warm_start(model, parent, items, rule)
+        warmstart.warm_start(model, parent, match, rule)
         scorer = recommend.Recommender(recommend.ModelScorer(model))
         ranks = recommend.evaluate({"model": scorer}, manifest, "test", 512)["model"].per_user()
-        new = np.isin(ranks["target"], new_tokens)
+        new = np.isin(ranks["target"], match.new_tokens)
         out[rule] = {name: {k: round(v, 4) for k, v in metrics.from_ranks(ranks["rank"][rows]).items()
                             if k in ("ndcg_at_10", "hit_at_10", "mrr")} | {"targets": int(rows.sum())}
                      for name, rows in (("all", np.ones(len(new), bool)), ("new_items", new))}
