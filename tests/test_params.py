@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from bert4rec.params import MIN_HISTORY_BY_TASK, dump_params, load_params, parse_params
+from bert4rec.params import MIN_HISTORY_BY_TASK, dump_params, load_params, parse_params, set_dotted
 from bert4rec.errors import UserError
 
 
@@ -71,3 +71,11 @@ def test_load_params_errors(tmp_path):
     listed.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="expected a mapping"):
         load_params(listed)
+
+
+def test_a_dotted_key_sets_a_nested_value_and_names_a_key_that_is_not_a_section():
+    data = {"train_val": {"batch_size": 8}}
+    set_dotted(data, "train_val.model.hidden_size", 32, "--set")
+    assert data == {"train_val": {"batch_size": 8, "model": {"hidden_size": 32}}}
+    with pytest.raises(UserError, match=r"^--set x: 'batch_size' in train_val.batch_size.x is not a section$"):
+        set_dotted(data, "train_val.batch_size.x", 1, "--set x")

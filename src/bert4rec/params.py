@@ -308,6 +308,16 @@ def merge(base: dict, updates: dict) -> dict:
     return base
 
 
+def set_dotted(data: dict, key: str, value, source: str) -> None:
+    """data[section][...][leaf] = value for a dotted key (train_val.model.hidden_size)."""
+    *sections, leaf = key.split(".")
+    for section in sections:
+        data = data.setdefault(section, {})
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: '{section}' in {key} is not a section")
+    data[leaf] = value
+
+
 def describe_errors(error: ValidationError, source: str) -> str:
     """One line per problem, naming the file and the dotted key."""
     lines = []

@@ -20,7 +20,7 @@ import yaml
 
 from bert4rec.errors import UserError
 from bert4rec.fileio import atomic_file
-from bert4rec.params import Params, default_model_name, dump_params, load_params, merge, parse_params
+from bert4rec.params import Params, default_model_name, dump_params, load_params, merge, parse_params, set_dotted
 from bert4rec.paths import ProjectPaths
 from bert4rec.workflow import dvcyaml, vcs
 
@@ -91,16 +91,6 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def _set_dotted(data: dict, key: str, value) -> None:
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise UserError(f"--set {key}: '{part}' is not a section")
-    node[parts[-1]] = value
-
-
 def parse_assignments(items: list[str]) -> dict:
     """`section.key=value` pairs (values parsed as YAML) into a nested mapping."""
     nested: dict = {}
@@ -108,7 +98,7 @@ def parse_assignments(items: list[str]) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item}: expected section.key=value")
-        _set_dotted(nested, key.strip(), yaml.safe_load(text) if text else None)
+        set_dotted(nested, key.strip(), yaml.safe_load(text) if text else None, f"--set {item}")
     return nested
 
 

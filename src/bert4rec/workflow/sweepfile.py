@@ -34,7 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bert4rec.errors import UserError
-from bert4rec.params import Params, describe_errors, parse_params
+from bert4rec.params import Params, describe_errors, parse_params, set_dotted
 from bert4rec.workflow import dvcyaml
 
 FOLDER = Path("config") / "sweeps"
@@ -170,13 +170,6 @@ def check_structure(sweep: SweepFile, source: str) -> None:
         raise UserError(f"{source}: '{twice[0]}' appears in more than one of grid, random.params and set")
 
 
-def _assign(data: dict, key: str, value: Scalar) -> None:
-    *sections, leaf = key.split(".")
-    for section in sections:
-        data = data.setdefault(section, {})
-    data[leaf] = value
-
-
 def _typed(params: Params, key: str) -> Scalar:
     value: object = params
     for part in key.split("."):
@@ -188,7 +181,7 @@ def validated(base: Params, point: dict[str, Scalar], source: str) -> dict[str, 
     """The point as typed values, after validating the project's params with it applied."""
     data = base.model_dump(mode="json")
     for key, value in point.items():
-        _assign(data, key, value)
+        set_dotted(data, key, value, source)
     described = ", ".join(f"{k}={v}" for k, v in point.items())
     params = parse_params(data, f"{source}: point ({described})")
     return {key: _typed(params, key) for key in point}
