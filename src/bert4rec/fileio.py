@@ -42,13 +42,10 @@ def hold_lock(path: Path, holder: str, busy: str) -> None:
     if any(Path(held.name) == path for held in _held_locks):
         return  # this command holds it already (`make promote` running `make inference`)
     handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
+    owner = try_lock(handle)
+    if owner is not None:
         handle.close()
-        raise UserError(f"{busy}: {owner} holds {path}; wait for it to finish or stop it") from None
+        raise UserError(f"{busy}: {owner or 'another process'} holds {path}; wait for it to finish or stop it")
     handle.seek(0)
     handle.truncate()
     try:
@@ -59,6 +56,17 @@ def hold_lock(path: Path, holder: str, busy: str) -> None:
         handle.close()
         raise
     _held_locks.append(handle)
+
+
+def try_lock(handle) -> str | None:
+    """Take the flock on an open file: None if taken (released when the file closes), else
+    what its holder wrote in it."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        handle.seek(0)
+        return handle.read().strip()
 
 
 def release_locks() -> None:

@@ -6,7 +6,6 @@ Keeping every call here means one place decides what gets committed (code, param
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from bert4rec import secrets
 from bert4rec.errors import UserError
+from bert4rec.fileio import try_lock
 
 log = logging.getLogger("bert4rec.vcs")
 
@@ -181,14 +181,9 @@ def dvc_lock_holder(root: Path) -> str | None:
     path = root / ".dvc" / "tmp" / "lock"
     if not path.exists():
         return None
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            return handle.read().strip() or "unknown"
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return None
+    with open(path, "a+") as handle:  # closing it releases a lock taken to look
+        owner = try_lock(handle)
+    return None if owner is None else owner or "unknown"
 
 
 def repro(root: Path, stage: str | None, force: bool, env: dict) -> int:
