@@ -5,6 +5,7 @@ import tensorflow as tf
 from bert4rec.data.manifest import Manifest
 from bert4rec.model import inputs as dataset
 from bert4rec.data.records import MASK, PAD
+from bert4rec.errors import UserError
 from bert4rec.params import TfrecordParams
 
 PARAMS = TfrecordParams(max_seq_length=20, max_predictions_per_seq=4, masked_lm_prob=0.2, mask_prob=1.0,
@@ -202,3 +203,20 @@ def test_validation_sample_is_seeded_and_in_user_order(synthetic_project):
     for i, user in enumerate(first.user_index):  # the sampled rows are the users' own records
         j = rows[int(user)]
         assert (first.input_ids[i] == everyone.input_ids[j]).all() and first.target[i] == everyone.target[j]
+
+
+def test_prefetched_keeps_the_order_raises_the_producers_error_and_stops_with_the_consumer():
+    import threading
+
+    assert list(dataset.prefetched(iter(range(100)), depth=3)) == list(range(100))
+
+    def broken():
+        yield 1
+        raise UserError("records.tfrecord: not a TFRecord file")
+
+    with pytest.raises(UserError, match="not a TFRecord file"):
+        list(dataset.prefetched(broken()))
+    taken = dataset.prefetched(iter(range(10**9)), depth=2)
+    assert next(taken) == 0
+    taken.close()  # the consumer stops early: the thread ends with it
+    assert not any(t.name == "bert4rec-prefetch" for t in threading.enumerate())

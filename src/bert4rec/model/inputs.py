@@ -10,7 +10,10 @@ Evaluation records come out in increasing user order, a chunk at a time (memory 
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -321,6 +324,49 @@ def eval_batches(manifest: Manifest, split: str, batch_size: int, chunk_size: in
     """Every batch of a split (or of this worker's shards of it), chunk after chunk."""
     for chunk in eval_chunks(manifest, split, chunk_size, worker, workers):
         yield from chunk_batches(chunk, batch_size, manifest.max_seq_length)
+
+
+def prefetched(items: Iterable, depth: int = 2) -> Iterator:
+    """`items`, produced up to `depth` ahead by a background thread: reading and batching
+    records overlaps the scoring (TensorFlow releases the GIL while it computes). An error
+    in the thread is raised here; stopping early stops the thread."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_END, None))
+        except BaseException as error:  # handed to the consumer
+            put((_END, error))
+
+    thread = threading.Thread(target=produce, name="bert4rec-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+_END = object()
 
 
 def eval_batch_count(examples: int, batch_size: int, chunk_size: int = EVAL_CHUNK) -> int:

@@ -291,7 +291,8 @@ def evaluate(recommenders: dict[str, Recommender], manifest: Manifest, split: st
         raise UserError(f"{manifest.path}: the '{split}' split is empty; nothing to evaluate")
     total = inputs.eval_batch_count(manifest.split(split).examples // worker.count, batch_size)
     with progress(desc=f"{split}: scoring", unit=" batches", total=total) as bar:
-        batches = inputs.eval_batches(manifest, split, batch_size, worker=worker.index, workers=worker.count)
+        batches = inputs.prefetched(inputs.eval_batches(manifest, split, batch_size, worker=worker.index,
+                                                        workers=worker.count))
         return score_batches(recommenders, batches, manifest.num_tokens, sampling, bar)
 
 
@@ -311,8 +312,9 @@ def predict(recommender: Recommender, manifest: Manifest, split: str, batch_size
     top-k tokens and scores, and user embeddings."""
     total = inputs.eval_batch_count(manifest.split(split).examples // worker.count, batch_size)
     bar = progress(desc=f"{split}: top-{k}", unit=" batches", total=total)
-    for chunk in inputs.eval_chunks(manifest, split, worker=worker.index, workers=worker.count):
-        batches = inputs.chunk_batches(chunk, batch_size, manifest.max_seq_length)
+    chunks = inputs.eval_chunks(manifest, split, worker=worker.index, workers=worker.count)
+    batched = ((chunk, list(inputs.chunk_batches(chunk, batch_size, manifest.max_seq_length))) for chunk in chunks)
+    for chunk, batches in inputs.prefetched(batched, depth=1):
         parts = []
         for batch in batches:
             parts.append((batch.rows, recommender(batch.input_ids, batch.history, k=k)))
