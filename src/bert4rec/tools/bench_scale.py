@@ -17,9 +17,11 @@ from pathlib import Path
 
 import psutil
 
+from bert4rec.errors import UserError
 from bert4rec.fileio import read_json, write_json
 from bert4rec.tools import synthetic
 from bert4rec.tools.benchkit import run_stage, scratch_project
+from bert4rec.workflow import vcs
 
 STAGES = ("raw", "tfrecord", "train_val", "test", "inference")
 TARGETS = {"peak_rss_mb": 8 * 1024, "test_users_per_second": 1000.0, "inference_users_per_second": 1000.0}
@@ -56,21 +58,29 @@ def users_per_second(log: Path, stage: str) -> float:
     return float(found.group(1))
 
 
-def run(work: Path, users: int, items: int, events_per_user: float, minutes: float) -> dict:
-    data = synthetic_log(work, users, items, events_per_user)
+def run(work: Path, users: int, items: int, events_per_user: float, minutes: float, trained: dict | None = None) -> dict:
+    """One size through the five stages; with `trained` (that size's entry of an earlier run) only
+    test and inference run again, on the model and data that run left in its project."""
     project = work / f"scale_{users}"
-    shutil.rmtree(project, ignore_errors=True)
-    scratch_project(project, data, settings(minutes))
-    stages = {}
-    for stage in STAGES:
+    stages = dict(trained["stages"]) if trained else {}
+    if trained:
+        file_mb = trained["input"]["file_mb"]
+    else:
+        data = synthetic_log(work, users, items, events_per_user)
+        file_mb = round(data.stat().st_size / 2**20)
+        shutil.rmtree(project, ignore_errors=True)
+        scratch_project(project, data, settings(minutes))
+    for stage in STAGES[3:] if trained else STAGES:
         stages[stage] = run_stage(stage, project, project / "logs")
         print(f"  {stage}: {stages[stage]}", flush=True)
     summary = read_json(project / "data" / "interim" / "raw_summary.json", "raw summary")
     model = read_json(project / "models" / "scale" / "model.json", "model")
     test = read_json(project / "results" / "scale" / "test_metrics.json", "test metrics")
     return {
+        "users": users, "training_minutes": minutes, "commit": vcs.head_commit(Path.cwd()),
+        "rerun": ["test", "inference"] if trained else [],
         "input": {"users": summary["read"]["users"], "events": summary["read"]["events"],
-                  "items_in_log": summary["read"]["items"], "file_mb": round(data.stat().st_size / 2**20)},
+                  "items_in_log": summary["read"]["items"], "file_mb": file_mb},
         "stages": stages,
         "training": {"steps": model["trained_steps"], "seconds": model["training_seconds"],
                      "sequences_per_second": model["training_sequences_per_second"]},
@@ -78,8 +88,19 @@ def run(work: Path, users: int, items: int, events_per_user: float, minutes: flo
         "inference_users_per_second": users_per_second(project / "logs" / "inference.log", "inference"),
         "test": {k: test[k] for k in ("ndcg_at_10", "hit_at_10", "mrr", "users")},
         "most_popular": {k: test["most_popular"][k] for k in ("ndcg_at_10", "hit_at_10", "mrr")},
+        "item_to_item": {k: test["item_to_item"][k] for k in ("ndcg_at_10", "hit_at_10", "mrr")},
         "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
     }
+
+
+def earlier_runs(out: Path, sizes: list[int], work: Path) -> dict[int, dict]:
+    """--reuse-model: each size's entry in the last results, its project still in place."""
+    runs = {r["users"]: r for r in read_json(out, "scale benchmark results").get("runs", [])} if out.exists() else {}
+    for users in sizes:
+        if users not in runs or not (work / f"scale_{users}" / "models" / "scale" / "model.json").exists():
+            raise UserError(f"{out}: no earlier run at {users:,} users with its trained model in "
+                            f"{work / f'scale_{users}'}; run bert4rec bench-scale --users {users} first")
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,17 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-per-user", type=float, default=20.0)
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 20.0],
                         help="training budget per size (one value for all, or one per --users)")
+    parser.add_argument("--reuse-model", action="store_true",
+                        help="rerun only test and inference on the models the last run trained (scoring changes)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     minutes = args.minutes * len(args.users) if len(args.minutes) == 1 else args.minutes
-    started, runs = time.perf_counter(), []
+    runs = earlier_runs(args.out, args.users, args.work) if args.reuse_model else {}
+    started = time.perf_counter()
     for users, budget in zip(args.users, minutes):
-        print(f"{users:,} users, {args.items:,} items, {budget:g} minutes of training ...", flush=True)
-        runs.append({"users": users, "training_minutes": budget, **run(args.work, users, args.items,
-                                                                      args.events_per_user, budget)})
+        trained = runs.get(users) if args.reuse_model else None
+        budget = trained["training_minutes"] if trained else budget
+        print(f"{users:,} users: test and inference on the model trained before ..." if trained else
+              f"{users:,} users, {args.items:,} items, {budget:g} minutes of training ...", flush=True)
+        runs[users] = run(args.work, users, args.items, args.events_per_user, budget, trained)
         result = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30),
                               "platform": platform.platform()},
-                  "runs": runs, "targets": targets(runs), "wall_seconds": round(time.perf_counter() - started)}
+                  "runs": [runs[size] for size in sorted(runs)], "wall_seconds": round(time.perf_counter() - started)}
+        result["targets"] = targets(result["runs"])
         write_json(args.out, result)  # after every size: a long run stopped early keeps what it measured
     print(json.dumps(result["targets"], indent=2))
     return 0
