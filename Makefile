@@ -85,7 +85,7 @@ $(B4R):
 bench-data: ## time raw+tfrecord on ML-1M and on a 20M-event synthetic log (writes bench/data.json)
 	$(B4R) bench-data
 
-.PHONY: bench-quality bench-speed bench-scale
+.PHONY: bench-quality bench-speed bench-scale bench-peer
 bench-quality: ## ML-1M quality benchmark: <= 60 min training, test NDCG@10/HR@10 + speed (writes bench/quality.json)
 	$(B4R) bench-quality
 
@@ -94,6 +94,9 @@ bench-speed: ## training speed: the last release's configuration vs today's defa
 
 bench-scale: ## 668,438 items, 1M and 250k synthetic users through all five stages (bench/scale.json)
 	$(B4R) bench-scale
+
+bench-peer: ## RecTools BERT4Rec + SASRec (own venv, CPU torch) beside ours: same split, size, budget (bench/peer.json; after bench-quality)
+	$(B4R) bench-peer
 
 .PHONY: bench-finetune
 bench-finetune: ## ML-100K: pretrain before 1998, fine-tune on the later period vs from scratch (writes bench/finetune.json)
