@@ -148,4 +148,9 @@ def targets(runs: list[dict]) -> dict:
                                / (small["stages"][stage]["wall_s"] / small["users"]), 2)
                   for stage in ("raw", "tfrecord", "test", "inference")}
         out["time_per_user_large_vs_small"] = {"ratio": growth, "note": "1.0 = linear in users"}
+        items = largest["input"]["items_in_log"] / small["input"]["items_in_log"]
+        out["scoring_time_per_user_and_item_large_vs_small"] = {
+            "ratio": {stage: round(growth[stage] / items, 2) for stage in ("test", "inference")},
+            "note": f"scoring a user costs one pass over the catalogue, {items:.2f}x larger at the larger size "
+                    "(more of the 668,438 items occur); 1.0 = linear in users x items"}
     return out
