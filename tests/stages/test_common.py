@@ -21,4 +21,3 @@ def test_a_second_stage_on_a_busy_project_stops_at_once(synthetic_project, capsy
     assert lines[-1].startswith(f"error: project {synthetic_project} is busy: `bert4rec train_val` (pid {os.getpid()}")
     assert "Traceback" not in code.stderr and not (synthetic_project / "data" / "interim").exists()
     assert run_stage("raw", synthetic_project) == 0  # released: the project is free again
-

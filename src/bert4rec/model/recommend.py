@@ -15,8 +15,6 @@ chunk scores, so the comparisons are exact.
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +33,6 @@ NOT_A_TOKEN = np.iinfo(np.int32).max
 TOKENS = tf.TensorSpec([None, None], tf.int32)
 SIGNATURE = [TOKENS, TOKENS, tf.TensorSpec([None], tf.int32), TOKENS, tf.TensorSpec([], tf.int32)]
 NEG_INF = float("-inf")
-log = logging.getLogger("bert4rec.train_val")
 
 
 class ModelScorer:
@@ -365,8 +362,4 @@ class Validation:
         return result["model"].result()
 
     def full(self, model) -> dict[str, float]:
-        started = time.perf_counter()
-        result = evaluate({"model": self._recommender(model)}, self.manifest, "valid", self.batch_size)["model"].result()
-        seconds = time.perf_counter() - started
-        log.info("validation of all %s users: %.0f s (%.0f users/s)", f"{self.total:,}", seconds, self.total / seconds)
-        return result
+        return evaluate({"model": self._recommender(model)}, self.manifest, "valid", self.batch_size)["model"].result()

@@ -90,8 +90,6 @@ def _write_records(paths: ProjectPaths, params: Params, vocab_size: int, windows
     )
 
 
-
-
 def _split(split: str, results: list[dict], out: Path, tf_params) -> Split:
     names = [shard_name(split, r["shard"], tf_params.num_shards) for r in results]
     return Split(

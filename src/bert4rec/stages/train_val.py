@@ -14,6 +14,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from bert4rec.data import vocabulary
@@ -110,7 +111,11 @@ def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
         tracking.set_tags({"validation": f"valid_* during training: {validate.label}; best_valid_*: all users"})
         finetune.log_lineage(parent)
         state, phases = finetune.fit(trainer, tv, validate, paths.model_dir(name) / "checkpoints")
+        started = time.perf_counter()
         metrics = validate.full(trainer.model)
+        seconds = time.perf_counter() - started
+        log.info("validation of all %s users: %.0f s (%.0f users/s)", f"{validate.total:,}", seconds,
+                 validate.total / seconds)
         info = info.model_copy(update=dict(
             trained_steps=state.step, replicas=trainer.replicas, best_step=state.best_step,
             stopped_early=state.stopped_early, valid=metrics,

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = earlier_runs(args.out, args.users, args.work) if args.reuse_model else {}
     started = time.perf_counter()
     for users, budget in zip(args.users, minutes):
-        trained = runs.get(users) if args.reuse_model else None
+        trained = runs.get(users)  # only with --reuse-model
         budget = trained["training_minutes"] if trained else budget
         print(f"{users:,} users: test and inference on the model trained before ..." if trained else
               f"{users:,} users, {args.items:,} items, {budget:g} minutes of training ...", flush=True)

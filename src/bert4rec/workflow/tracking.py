@@ -507,10 +507,10 @@ def start_sweep(root: Path, project: str, sweep_id: str, fixed: dict, tags: dict
 def start_point(root: Path, parent: str | None, exp_name: str, varied: dict) -> str | None:
     """A child of the sweep's run for one point (DVC experiment `exp_name`), its varied keys as
     params; the point's stage runs nest under it (see _sweep_point)."""
-    from mlflow.entities import Param
-
     if parent is None:
         return None
+    from mlflow.entities import Param
+
     client = _client(root)
     sweep = client.get_run(parent)
     run = client.create_run(sweep.info.experiment_id, run_name=exp_name, tags={
@@ -522,10 +522,10 @@ def start_point(root: Path, parent: str | None, exp_name: str, varied: dict) -> 
 
 def finish_run(root: Path, run_id: str | None, ok: bool, metrics: dict[str, float]) -> None:
     """Log a sweep's or a point's results and close its run (a run already closed is left alone)."""
-    from mlflow.entities import Metric
-
     if run_id is None or not enabled():
         return
+    from mlflow.entities import Metric
+
     client = _client(root)
     if client.get_run(run_id).info.status != "RUNNING":
         return
