@@ -1,19 +1,23 @@
 """The one recommendation path: exact ranks and top-k over chunks of the catalogue."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from bert4rec.data.records import FIRST_ITEM, PAD
+from bert4rec.data.records import FIRST_ITEM, MASK, PAD
 from bert4rec.model import recommend
+from bert4rec.model.network import build_model
+from bert4rec.params import ModelParams
 
 
 class RowScorer:
     """Test double: user i's scores are row input_ids[i, 0] of a fixed table."""
 
-    def __init__(self, table):
+    def __init__(self, table, chunk_items):
         self.table = tf.constant(np.asarray(table, dtype=np.float32))
         self.num_tokens = self.table.shape[1]
+        self.chunk_items = chunk_items
 
     def encode(self, input_ids):
         rows = tf.gather(self.table, input_ids[:, 0])
@@ -39,7 +43,7 @@ ROWS = np.arange(4, dtype=np.int32)[:, None]
 
 
 def recommend_rows(table, rows, seen, targets, k=10, chunk_items=3, negatives=None):
-    recommender = recommend.Recommender(RowScorer(table), chunk_items=chunk_items)
+    recommender = recommend.Recommender(RowScorer(table, chunk_items))
     return recommender(np.asarray(rows, np.int32), np.asarray(seen, np.int32), np.asarray(targets, np.int32),
                        negatives, k)
 
@@ -120,3 +124,26 @@ def test_the_popularity_ranking_equals_the_scan_over_constant_scores(chunk_items
     assert fast["rank"].tolist() == scan["rank"].tolist()
     assert fast["sampled_rank"].tolist() == scan["sampled_rank"].tolist()
     assert fast["tokens"].tolist() == scan["tokens"].tolist()
+
+
+def test_the_model_scorer_ranks_by_the_network_scores_and_follows_new_weights():
+    keras.utils.set_random_seed(0)
+    params = ModelParams(hidden_size=16, num_attention_heads=2, intermediate_size=32, max_position_embeddings=8)
+    model = build_model(FIRST_ITEM + 300, params)
+    recommender = recommend.Recommender(recommend.ModelScorer(model, chunk_items=64))  # 5 chunks, rows reordered
+    rng = np.random.default_rng(3)
+    ids = rng.integers(FIRST_ITEM, FIRST_ITEM + 300, size=(60, 8)).astype(np.int32)
+    ids[:, -1] = MASK
+    targets = rng.integers(FIRST_ITEM, FIRST_ITEM + 300, size=60).astype(np.int32)
+    out = recommender(ids, ids[:, :-1], targets, k=5)
+    scores = model.logits(model.transform(model.encode(ids, training=False, last_only=True)[:, -1])).numpy()
+    rank, top = brute_force(scores, ids[:, :-1], targets, 5)
+    assert out["rank"].tolist() == rank.tolist() and out["tokens"].tolist() == top.tolist()
+    np.testing.assert_allclose(out["scores"], np.take_along_axis(scores, top, 1), rtol=1e-6)
+
+    favourite = FIRST_ITEM + 250
+    model.output_bias.assign(tf.tensor_scatter_nd_update(model.output_bias, [[favourite]], [100.0]))
+    recommender.scorer.refresh()
+    out = recommender(ids, ids[:, :-1], targets, k=5)
+    unseen = ~(ids == favourite).any(1)
+    assert unseen.sum() > 50 and (out["tokens"][unseen, 0] == favourite).all()

@@ -37,7 +37,9 @@ def launch(project, logs, tag):
     processes = []
     for index in range(2):
         config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "BERT4REC_TRACKING": "off", "TF_CONFIG": json.dumps(config)}
+        scratch = logs / f"{tag}-tmp-{index}"  # each worker's temporary folder, to look for leftovers
+        scratch.mkdir()
+        env = {**os.environ, "BERT4REC_TRACKING": "off", "TF_CONFIG": json.dumps(config), "TMPDIR": str(scratch)}
         log = open(logs / f"{tag}-worker-{index}.log", "w")
         processes.append(subprocess.Popen([*BERT4REC, "train_val", "--project", str(project)], env=env,
                                           stdout=log, stderr=subprocess.STDOUT))
@@ -71,6 +73,7 @@ def test_two_workers_train_resume_after_a_killed_worker_and_match_one_worker(tmp
     info = read_json(model_dir(project, "two") / "model.json", "model")
     assert info["trained_steps"] == 400
     assert not area.exists()  # both workers cleaned their resumable state
+    assert not list((tmp_path / "second-tmp-1").glob("bert4rec-worker-*"))  # nor a model folder of their own
     two = read_json(model_dir(project, "two") / "valid_metrics.json", "metrics")["ndcg_at_10"]
     baseline = most_popular_valid_ndcg(project)
     assert one > 1.2 * baseline and two > 1.2 * baseline

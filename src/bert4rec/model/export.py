@@ -33,7 +33,8 @@ class Serving(tf.Module):
     def __init__(self, model, item_ids: np.ndarray, max_seq_length: int):
         super().__init__()
         self.model = model
-        self.recommender = Recommender(ModelScorer(model), with_rank=False)
+        self.scorer = ModelScorer(model)  # an attribute, so that its scoring table is saved
+        self.recommender = Recommender(self.scorer, with_rank=False)
         self.max_seq_length = max_seq_length
         ids = np.asarray(item_ids)
         self.key_dtype = tf.string if ids.dtype.kind in "OUS" else tf.int64

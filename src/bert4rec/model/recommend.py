@@ -8,10 +8,10 @@ of users. Per chunk: every item scoring at least as high as the target is counte
 seen items (and PAD/MASK) among them and the target itself are taken off again (ties count
 against the target), and the chunk's exact top-k unseen items (_chunk_top) are merged into the
 running top-k (a stable merge: equal scores keep the lower token first, as one top-k over the
-whole catalogue would). Nothing writes into the (batch x chunk) scores: they are read once to
-count and once for group maxima. A target's own score comes from the same matmul kernel as the
-chunk scores, so the comparisons are exact.
-"""
+whole catalogue would). Nothing writes into the (batch x chunk) scores: they are read once for
+group maxima and, for the count, item by item only in rows whose target most groups reach
+(the others count inside the groups that reach it). A target's own score comes from the same
+matmul kernel as the chunk scores, so the comparisons are exact."""
 
 from __future__ import annotations
 
@@ -29,21 +29,41 @@ from bert4rec.progress import progress
 
 CHUNK_ITEMS = 65536
 GROUP = 64  # items per group of a chunk (see _chunk_top and _count_at_least)
+DENSE_SHARE = 0.5  # above this share of groups reaching the target, compare every item (_dense_first)
 NOT_A_TOKEN = np.iinfo(np.int32).max
 TOKENS = tf.TensorSpec([None, None], tf.int32)
 SIGNATURE = [TOKENS, TOKENS, tf.TensorSpec([None], tf.int32), TOKENS, tf.TensorSpec([], tf.int32)]
 NEG_INF = float("-inf")
 
 
-class ModelScorer:
-    """Scores of a trained network: the head at the [MASK] slot against the tied item table."""
+class ModelScorer(tf.Module):
+    """Scores of a trained network: the head at the [MASK] slot against the tied item table.
 
-    def __init__(self, model):
+    Scoring reads a float32 copy of the item table, transposed (items in columns, one variable per
+    chunk of `chunk_items` items) with the output bias as one more row, and the head output gets a
+    column of ones: one matmul gives a chunk's biased scores, with no transpose copy and no bias
+    pass per batch. `refresh()` copies the weights again (validation during training).
+    """
+
+    def __init__(self, model, chunk_items: int = CHUNK_ITEMS):
+        super().__init__(name="scorer")
         self.model = model
         self.num_tokens = model.num_tokens
+        self.chunk_items = chunk_items
+        self.tables = [tf.Variable(part, trainable=False, name="scoring_table") for part in self._parts()]
+
+    def _parts(self):
+        table = tf.cast(tf.convert_to_tensor(self.model.item_embedding.embeddings), tf.float32)
+        bias = tf.cast(tf.convert_to_tensor(self.model.output_bias), tf.float32)
+        table = tf.concat([tf.transpose(table), bias[None]], 0)
+        return [table[:, start:start + self.chunk_items] for start in range(0, self.num_tokens, self.chunk_items)]
+
+    def refresh(self) -> None:
+        for variable, part in zip(self.tables, self._parts()):
+            variable.assign(part)
 
     def encode(self, input_ids):
-        """(transformed head output, user embedding = encoder output at the last position).
+        """(head output with a column of ones, user embedding = encoder output at the last position).
 
         A causal model reads the next item at the last item's position: the trailing [MASK] of
         the evaluation input is dropped (kept when it is all there is: an empty history).
@@ -51,14 +71,21 @@ class ModelScorer:
         if self.model.causal:
             input_ids = tf.cond(tf.shape(input_ids)[1] > 1, lambda: input_ids[:, :-1], lambda: input_ids)
         hidden = self.model.encode(input_ids, training=False, last_only=True)[:, -1]
-        return self.model.transform(hidden), tf.cast(hidden, tf.float32)
+        head = tf.cast(self.model.transform(hidden), tf.float32)
+        return tf.concat([head, tf.ones_like(head[:, :1])], 1), tf.cast(hidden, tf.float32)
 
     def chunk(self, state, start: int, size: int):
-        return self.model.logits(state, start=start, size=size)
+        return tf.matmul(state, self.tables[start // self.chunk_items])
 
     def at(self, state, tokens):
-        """Each row's score for its own token: the diagonal of the same kind of matmul."""
-        return tf.linalg.diag_part(self.model.logits(state, tokens=tokens))
+        """Each row's score for its own token, from the same matmul as its chunk's scores."""
+        scores = tf.zeros(tf.shape(tokens), tf.float32)
+        for index, part in enumerate(self.tables):
+            local = tokens - index * self.chunk_items
+            inside = (local >= 0) & (local < part.shape[1])
+            columns = tf.gather(part, tf.clip_by_value(local, 0, part.shape[1] - 1), axis=1)
+            scores = tf.where(inside, tf.linalg.diag_part(tf.matmul(state, columns)), scores)
+        return scores
 
 
 def is_seen(tokens: np.ndarray, seen: np.ndarray) -> np.ndarray:
@@ -149,21 +176,25 @@ def _count_true(groups):
     return tf.cast(tf.reduce_sum(tf.cast(groups, tf.uint8), -1), tf.int32)
 
 
-def _count_at_least(layout, maxima, threshold):
-    """Per row, how many items score >= threshold: only groups whose maximum reaches it are
-    counted item by item (few for a good model); when most groups do, every item is compared."""
+def _count_at_least(layout, maxima, threshold, dense_rows):
+    """Per row, how many items score >= threshold. Rows [0, dense_rows) compare every item; the
+    others only the items of groups whose maximum reaches the threshold (few for a well-ranked
+    target). Slicing leading rows copies nothing."""
+    dense = tf.reduce_sum(_count_true(layout[:dense_rows] >= threshold[:dense_rows, :, None]), 1)
+    layout, maxima, threshold = layout[dense_rows:], maxima[dense_rows:], threshold[dense_rows:]
     hits = tf.where(maxima >= threshold)  # (row, group) pairs
-    batch = tf.shape(layout)[0]
+    rows = tf.cast(hits[:, 0], tf.int32)
+    above = tf.gather_nd(layout, hits) >= tf.gather(threshold[:, 0], rows)[:, None]
+    return tf.concat([dense, tf.math.unsorted_segment_sum(_count_true(above), rows, tf.shape(layout)[0])], 0)
 
-    def sparse():
-        rows = tf.cast(hits[:, 0], tf.int32)
-        above = tf.gather_nd(layout, hits) >= tf.gather(threshold[:, 0], rows)[:, None]
-        return tf.math.unsorted_segment_sum(_count_true(above), rows, batch)
 
-    def dense():
-        return tf.reduce_sum(_count_true(layout >= threshold[:, :, None]), 1)
-
-    return tf.cond(tf.shape(hits)[0] * 4 < tf.size(maxima), sparse, dense)
+def _dense_first(maxima, threshold):
+    """A row order for the rest of the scan, from the first chunk: rows whose target is reached in
+    more than DENSE_SHARE of the groups (a poorly ranked target) first, to be counted item by
+    item, then the others; and how many rows are of the first kind."""
+    share = tf.reduce_mean(tf.cast(maxima >= threshold, tf.float32), 1)
+    order = tf.argsort(share, direction="DESCENDING", stable=True)
+    return order, tf.reduce_sum(tf.cast(share > DENSE_SHARE, tf.int32))
 
 
 def _masked_top(scores, start: int, seen, seen_here, k):
@@ -203,22 +234,24 @@ def _chunk_top(scores, layout, maxima, start: int, seen, seen_here, k):
 class Recommender:
     """One compiled pass per batch: top-k tokens and scores, target ranks, user embeddings."""
 
-    def __init__(self, scorer, chunk_items: int = CHUNK_ITEMS, with_rank: bool = True):
+    def __init__(self, scorer, with_rank: bool = True):
         self.scorer = scorer
         self.num_tokens = scorer.num_tokens
-        self.chunk_items = chunk_items
+        self.chunk_items = scorer.chunk_items
         self.with_rank = with_rank
         self.run = tf.function(self._run, input_signature=SIGNATURE)
 
     def _run(self, input_ids, seen, targets, negatives, k):
         """seen: token rows (any padding with PAD, repeats allowed); targets: PAD where none;
-        negatives: (batch, n), n may be 0."""
+        negatives: (batch, n), n may be 0. After the first chunk the rows are put in the order
+        _dense_first gives (and back at the end)."""
         state, embedding = self.scorer.encode(input_ids)
         batch = tf.shape(input_ids)[0]
         seen = unique_sorted(tf.concat([seen, tf.broadcast_to(tf.constant([[PAD, MASK]]), [batch, 2])], 1))
         target_scores = self.scorer.at(state, targets)[:, None]
         best_scores, best_tokens = tf.fill([batch, k], NEG_INF), tf.zeros([batch, k], tf.int32)
         rank = sampled = tf.zeros([batch], tf.int32)
+        order, dense_rows = tf.range(batch), batch
         for start in range(0, self.num_tokens, self.chunk_items):
             size = min(self.chunk_items, self.num_tokens - start)
             scores = self.scorer.chunk(state, start, size)
@@ -228,14 +261,20 @@ class Recommender:
             if self.with_rank:
                 own, _ = _in_chunk(scores, targets[:, None], start, size)
                 rivals = seen_here & (seen != targets[:, None]) & (seen_scores >= target_scores)
-                rank += _count_at_least(layout, maxima, target_scores)
+                rank += _count_at_least(layout, maxima, target_scores, dense_rows)
                 rank -= tf.reduce_sum(tf.cast(rivals, tf.int32), 1) + tf.cast(own[:, 0] >= target_scores[:, 0], tf.int32)
                 drawn, drawn_here = _in_chunk(scores, negatives, start, size)
                 sampled += tf.reduce_sum(tf.cast(drawn_here & (drawn >= target_scores), tf.int32), 1)
             values, tokens = _chunk_top(scores, layout, maxima, start, seen, seen_here, k)
             best_scores, best_tokens = _merge_top(best_scores, best_tokens, values, tokens, k)
-        return {"tokens": best_tokens, "scores": best_scores, "rank": rank, "sampled_rank": sampled,
-                "embedding": embedding}
+            if self.with_rank and start == 0 and size < self.num_tokens:
+                order, dense_rows = _dense_first(maxima, target_scores)
+                state, seen, targets, negatives, target_scores, rank, sampled, best_scores, best_tokens = (
+                    tf.gather(rows, order) for rows in (state, seen, targets, negatives, target_scores, rank, sampled,
+                                                        best_scores, best_tokens))
+        back = tf.math.invert_permutation(order)
+        return {"tokens": tf.gather(best_tokens, back), "scores": tf.gather(best_scores, back),
+                "rank": tf.gather(rank, back), "sampled_rank": tf.gather(sampled, back), "embedding": embedding}
 
     def __call__(self, input_ids, seen, targets=None, negatives=None, k: int = 10) -> dict[str, np.ndarray]:
         batch = len(input_ids)
@@ -352,6 +391,8 @@ class Validation:
     def _recommender(self, model) -> Recommender:
         if self.recommender is None:
             self.recommender = Recommender(ModelScorer(model))
+        else:
+            self.recommender.scorer.refresh()  # the weights have changed since the last validation
         return self.recommender
 
     def __call__(self, model) -> dict[str, float]:

@@ -79,10 +79,19 @@ def keep_final_state(trainer: Trainer, folder: Path, area: Path) -> None:
 
 
 def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
+    """Train as this process's worker: the chief writes the model into the project, the others
+    into a temporary folder removed when they finish."""
+    worker = cluster_worker() if params.train_val.distribution == "multi_worker_mirrored" else Worker()
+    if worker.chief:
+        return train(paths, params, worker, paths.model_dir(params.model_name()))
+    with tempfile.TemporaryDirectory(prefix="bert4rec-worker-") as scratch:
+        return train(paths, params, worker, Path(scratch) / params.model_name())
+
+
+def train(paths: ProjectPaths, params: Params, worker: Worker, folder: Path) -> store.ModelInfo:
     tv, name = params.train_val, params.model_name()
     manifest = Manifest.read(paths.records)
-    folder = paths.model_dir(name)
-    check_inputs(paths, params, manifest, folder)
+    check_inputs(paths, params, manifest, paths.model_dir(name))
     strategy = runtime.start(tv.distribution, tv.seed, tv.deterministic_ops, tv.mixed_precision)
     curves: dict[int, dict] = {}
 
@@ -90,9 +99,6 @@ def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
         curves.setdefault(step, {}).update(metrics)
         tracking.log_metrics(metrics, step=step)
 
-    worker = cluster_worker() if tv.distribution == "multi_worker_mirrored" else Worker()
-    if not worker.chief:  # the chief writes the model; the others keep theirs out of the way
-        folder = Path(tempfile.mkdtemp(prefix="bert4rec-worker-")) / name
     area = checkpoint_dir(paths, params, manifest, worker)
     parent = finetune.load_parent(paths, tv, paths.model_dir(name))
     trainer = Trainer(tv, manifest, vocabulary.item_counts(paths.item_vocab), folder / "tensorboard", area, report,
