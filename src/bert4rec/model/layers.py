@@ -55,11 +55,11 @@ class SelfAttention(layers.Layer):
             q = ops.transpose(ops.reshape(q, (batch, 1, self.heads, self.head_size)), (0, 2, 1, 3))
             kv = ops.matmul(ops.reshape(x, (-1, ops.shape(x)[2])), kernel[:, width:]) + offset[width:]
             kv = ops.transpose(ops.reshape(kv, (batch, length, 2, self.heads, self.head_size)), (2, 0, 3, 1, 4))
-            k, v = kv[0], kv[1]
+            k, v = ops.unstack(kv, 2, axis=0)
         else:
             qkv = ops.reshape(self.qkv(x), (batch, length, 3, self.heads, self.head_size))
             qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, batch, heads, length, head_size)
-            q, k, v = qkv[0], qkv[1], qkv[2]
+            q, k, v = ops.unstack(qkv, 3, axis=0)  # its gradient is one stack (indexing: three zero-filled copies)
         # Scale and padding bias ride along in the matmul (q gets a column of ones, k the bias),
         # so the (length x length) scores are written once instead of three times.
         q = ops.concatenate([q * (1.0 / math.sqrt(self.head_size)), ops.ones_like(q[..., :1])], axis=-1)

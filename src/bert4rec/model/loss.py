@@ -38,8 +38,8 @@ def item_cross_entropy(model: Bert4Rec, transformed, labels, loss: str, negative
     against the given `negatives` (shared by the batch) with logQ correction `log_q` (log of each
     token's sampling probability)."""
     if loss == "full_softmax":
-        logits = model.logits(transformed)
-        logits = tf.concat([tf.fill([tf.shape(logits)[0], FIRST_ITEM], -1e9), logits[:, FIRST_ITEM:]], -1)
+        specials = tf.constant([-1e9] * FIRST_ITEM + [0.0] * (model.num_tokens - FIRST_ITEM))
+        logits = model.logits(transformed) + specials  # PAD/MASK never the answer (no slice: its gradient copies)
         per_slot = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     else:
         positive = tf.reduce_sum(
