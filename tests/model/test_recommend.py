@@ -147,3 +147,15 @@ def test_the_model_scorer_ranks_by_the_network_scores_and_follows_new_weights():
     out = recommender(ids, ids[:, :-1], targets, k=5)
     unseen = ~(ids == favourite).any(1)
     assert unseen.sum() > 50 and (out["tokens"][unseen, 0] == favourite).all()
+
+
+@pytest.mark.parametrize("chunk_items", [1024, 100000])  # several chunks (rows reordered), one chunk
+def test_well_ranked_targets_are_counted_inside_the_groups_that_reach_them(chunk_items):
+    rng = np.random.default_rng(5)
+    scores = rng.normal(size=(30, 5000)).astype(np.float32)
+    targets = (np.argsort(-scores[:, FIRST_ITEM:], axis=1)[:, 3] + FIRST_ITEM).astype(np.int32)  # the 4th best
+    seen = np.full((30, 1), PAD, np.int32)
+    out = recommend_rows(scores, np.arange(30)[:, None], seen, targets, k=5, chunk_items=chunk_items)
+    rank, top = brute_force(scores, seen, targets, 5)
+    assert out["rank"].tolist() == rank.tolist() == [3] * 30
+    assert out["tokens"].tolist() == top.tolist()

@@ -38,8 +38,8 @@ def item_cross_entropy(model: Bert4Rec, transformed, labels, loss: str, negative
     against the given `negatives` (shared by the batch) with logQ correction `log_q` (log of each
     token's sampling probability)."""
     if loss == "full_softmax":
-        specials = tf.constant([-1e9] * FIRST_ITEM + [0.0] * (model.num_tokens - FIRST_ITEM))
-        logits = model.logits(transformed) + specials  # PAD/MASK never the answer (no slice: its gradient copies)
+        specials = tf.where(tf.range(model.num_tokens) < FIRST_ITEM, -1e9, 0.0)  # PAD/MASK: never the answer
+        logits = model.logits(transformed) + specials  # (not a slice: a slice's gradient is a zero-filled copy)
         per_slot = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     else:
         positive = tf.reduce_sum(

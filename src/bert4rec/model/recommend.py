@@ -188,6 +188,13 @@ def _count_at_least(layout, maxima, threshold, dense_rows):
     return tf.concat([dense, tf.math.unsorted_segment_sum(_count_true(above), rows, tf.shape(layout)[0])], 0)
 
 
+def _first_dense_rows(maxima, threshold):
+    """Rows to compare item by item in the first chunk, before any reordering: all of them,
+    unless fewer than a quarter of the batch's groups reach their targets (a good model)."""
+    share = tf.reduce_mean(tf.cast(maxima >= threshold, tf.float32))
+    return tf.where(share < 0.25, 0, tf.shape(maxima)[0])
+
+
 def _dense_first(maxima, threshold):
     """A row order for the rest of the scan, from the first chunk: rows whose target is reached in
     more than DENSE_SHARE of the groups (a poorly ranked target) first, to be counted item by
@@ -248,10 +255,10 @@ class Recommender:
         state, embedding = self.scorer.encode(input_ids)
         batch = tf.shape(input_ids)[0]
         seen = unique_sorted(tf.concat([seen, tf.broadcast_to(tf.constant([[PAD, MASK]]), [batch, 2])], 1))
-        target_scores = self.scorer.at(state, targets)[:, None]
+        target_scores = self.scorer.at(state, targets)[:, None] if self.with_rank else None
         best_scores, best_tokens = tf.fill([batch, k], NEG_INF), tf.zeros([batch, k], tf.int32)
         rank = sampled = tf.zeros([batch], tf.int32)
-        order, dense_rows = tf.range(batch), batch
+        order = None
         for start in range(0, self.num_tokens, self.chunk_items):
             size = min(self.chunk_items, self.num_tokens - start)
             scores = self.scorer.chunk(state, start, size)
@@ -259,6 +266,7 @@ class Recommender:
             maxima = tf.reduce_max(layout, 2)
             seen_scores, seen_here = _in_chunk(scores, seen, start, size)
             if self.with_rank:
+                dense_rows = _first_dense_rows(maxima, target_scores) if order is None else dense_rows
                 own, _ = _in_chunk(scores, targets[:, None], start, size)
                 rivals = seen_here & (seen != targets[:, None]) & (seen_scores >= target_scores)
                 rank += _count_at_least(layout, maxima, target_scores, dense_rows)
@@ -272,9 +280,12 @@ class Recommender:
                 state, seen, targets, negatives, target_scores, rank, sampled, best_scores, best_tokens = (
                     tf.gather(rows, order) for rows in (state, seen, targets, negatives, target_scores, rank, sampled,
                                                         best_scores, best_tokens))
-        back = tf.math.invert_permutation(order)
-        return {"tokens": tf.gather(best_tokens, back), "scores": tf.gather(best_scores, back),
-                "rank": tf.gather(rank, back), "sampled_rank": tf.gather(sampled, back), "embedding": embedding}
+        if order is not None:
+            back = tf.math.invert_permutation(order)
+            best_tokens, best_scores, rank, sampled = (tf.gather(rows, back) for rows in (best_tokens, best_scores,
+                                                                                           rank, sampled))
+        return {"tokens": best_tokens, "scores": best_scores, "rank": rank, "sampled_rank": sampled,
+                "embedding": embedding}
 
     def __call__(self, input_ids, seen, targets=None, negatives=None, k: int = 10) -> dict[str, np.ndarray]:
         batch = len(input_ids)
