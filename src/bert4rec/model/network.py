@@ -65,14 +65,12 @@ class Bert4Rec(keras.Model):
         """The masked-item head: dense + activation + layer norm, on gathered positions only."""
         return self.head_norm(self.head_dense(hidden))
 
-    def logits(self, transformed, tokens=None, start=None, size=None):
-        """Scores against every token, the given token ids, or the tokens start..start+size-1."""
+    def logits(self, transformed, tokens=None):
+        """Scores against every token or the given token ids (training; recommendations: recommend.ModelScorer)."""
         table = self.item_embedding.embeddings
         bias = self.output_bias
         if tokens is not None:
             table, bias = ops.take(table, tokens, axis=0), ops.take(bias, tokens, axis=0)
-        elif start is not None:
-            table, bias = table[start:start + size], bias[start:start + size]
         scores = ops.matmul(transformed, ops.cast(ops.transpose(table), transformed.dtype))
         return ops.cast(scores, "float32") + ops.cast(bias, "float32")  # bias autocasts under mixed precision
 

@@ -188,18 +188,15 @@ def _count_at_least(layout, maxima, threshold, dense_rows):
     return tf.concat([dense, tf.math.unsorted_segment_sum(_count_true(above), rows, tf.shape(layout)[0])], 0)
 
 
-def _first_dense_rows(maxima, threshold):
-    """Rows to compare item by item in the first chunk, before any reordering: all of them,
-    unless fewer than a quarter of the batch's groups reach their targets (a good model)."""
-    share = tf.reduce_mean(tf.cast(maxima >= threshold, tf.float32))
-    return tf.where(share < 0.25, 0, tf.shape(maxima)[0])
+def _reach_share(maxima, threshold):
+    """Per row, the share of a chunk's groups whose maximum reaches the row's threshold."""
+    return tf.reduce_mean(tf.cast(maxima >= threshold, tf.float32), 1)
 
 
-def _dense_first(maxima, threshold):
-    """A row order for the rest of the scan, from the first chunk: rows whose target is reached in
-    more than DENSE_SHARE of the groups (a poorly ranked target) first, to be counted item by
-    item, then the others; and how many rows are of the first kind."""
-    share = tf.reduce_mean(tf.cast(maxima >= threshold, tf.float32), 1)
+def _dense_first(share):
+    """A row order for the rest of the scan, from the first chunk's shares: rows whose target is
+    reached in more than DENSE_SHARE of the groups (a poorly ranked target) first, to be counted
+    item by item, then the others; and how many rows are of the first kind."""
     order = tf.argsort(share, direction="DESCENDING", stable=True)
     return order, tf.reduce_sum(tf.cast(share > DENSE_SHARE, tf.int32))
 
@@ -266,7 +263,9 @@ class Recommender:
             maxima = tf.reduce_max(layout, 2)
             seen_scores, seen_here = _in_chunk(scores, seen, start, size)
             if self.with_rank:
-                dense_rows = _first_dense_rows(maxima, target_scores) if order is None else dense_rows
+                if order is None:  # the first chunk, rows as given: all compared unless few groups reach
+                    share = _reach_share(maxima, target_scores)
+                    dense_rows = tf.where(tf.reduce_mean(share) < 0.25, 0, batch)
                 own, _ = _in_chunk(scores, targets[:, None], start, size)
                 rivals = seen_here & (seen != targets[:, None]) & (seen_scores >= target_scores)
                 rank += _count_at_least(layout, maxima, target_scores, dense_rows)
@@ -276,7 +275,7 @@ class Recommender:
             values, tokens = _chunk_top(scores, layout, maxima, start, seen, seen_here, k)
             best_scores, best_tokens = _merge_top(best_scores, best_tokens, values, tokens, k)
             if self.with_rank and start == 0 and size < self.num_tokens:
-                order, dense_rows = _dense_first(maxima, target_scores)
+                order, dense_rows = _dense_first(share)
                 state, seen, targets, negatives, target_scores, rank, sampled, best_scores, best_tokens = (
                     tf.gather(rows, order) for rows in (state, seen, targets, negatives, target_scores, rank, sampled,
                                                         best_scores, best_tokens))
