@@ -2,16 +2,17 @@
 top-k and the exact rank of a target. Evaluation, inference, the SavedModel (and through it the
 MLflow pyfunc) all go through `Recommender`.
 
-Scores stay float32 inside one compiled function and the catalogue is scored in chunks of
+Scores stay float32 inside one compiled function and the catalogue is scored in blocks of
 `chunk_items` items, so memory is bounded by batch x chunk whatever the catalogue or the number
-of users. Per chunk: every item scoring at least as high as the target is counted, then the
-seen items (and PAD/MASK) among them and the target itself are taken off again (ties count
-against the target), and the chunk's exact top-k unseen items (_chunk_top) are merged into the
-running top-k (a stable merge: equal scores keep the lower token first, as one top-k over the
-whole catalogue would). Nothing writes into the (batch x chunk) scores: they are read once for
-group maxima and, for the count, item by item only in rows whose target most groups reach
-(the others count inside the groups that reach it). A target's own score comes from the same
-matmul kernel as the chunk scores, so the comparisons are exact."""
+of users. Per block: every item scoring at least as high as the target is counted, and the scores
+of the seen items, the target and any sampled negatives are picked up; at the end the seen items
+(and PAD/MASK) that reach the target and the target itself are taken off the count (ties count
+against the target). Per chunk of blocks, the exact top-k unseen items (_chunk_top) are merged
+into the running top-k (a stable merge: equal scores keep the lower token first, as one top-k over
+the whole catalogue would). Nothing writes into the (batch x block) scores: they are read for
+group maxima and, for the count, item by item only in rows whose target most groups reach (the
+others count inside the groups that reach it). A target's own score comes from the same matmul
+kernel as the block scores, so the comparisons are exact."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ from bert4rec.model import inputs, metrics
 from bert4rec.model.distribute import Worker
 from bert4rec.progress import progress
 
-CHUNK_ITEMS = 65536
-GROUP = 64  # items per group of a chunk (see _chunk_top and _count_at_least)
+CHUNK_ITEMS = 16384  # items per scoring matmul (a block), read for maxima and counts while still in cache
+CHUNK_BLOCKS = 4  # blocks per chunk: the top-k is taken per chunk
+GROUP = 64  # items per group of a block (see _chunk_top and _count_at_least)
 DENSE_SHARE = 0.5  # above this share of groups reaching the target, compare every item (_dense_first)
 NOT_A_TOKEN = np.iinfo(np.int32).max
 TOKENS = tf.TensorSpec([None, None], tf.int32)
@@ -39,10 +41,11 @@ NEG_INF = float("-inf")
 class ModelScorer(tf.Module):
     """Scores of a trained network: the head at the [MASK] slot against the tied item table.
 
-    Scoring reads a float32 copy of the item table, transposed (items in columns, one variable per
-    chunk of `chunk_items` items) with the output bias as one more row, and the head output gets a
-    column of ones: one matmul gives a chunk's biased scores, with no transpose copy and no bias
-    pass per batch. `refresh()` copies the weights again (validation during training).
+    Scoring reads a float32 copy of the item table, transposed, with the output bias as one more
+    row, in blocks of `chunk_items` items (one variable, blocks first, the last block padded with
+    items that score -inf), and the head output gets a column of ones: one matmul gives a block's
+    biased scores, with no transpose copy and no bias pass per batch. `refresh()` copies the
+    weights again (validation during training).
     """
 
     def __init__(self, model, chunk_items: int = CHUNK_ITEMS):
@@ -50,17 +53,21 @@ class ModelScorer(tf.Module):
         self.model = model
         self.num_tokens = model.num_tokens
         self.chunk_items = chunk_items
-        self.tables = [tf.Variable(part, trainable=False, name="scoring_table") for part in self._parts()]
+        self.table = tf.Variable(self._blocks(), trainable=False, name="scoring_table")
 
-    def _parts(self):
+    def _blocks(self):
+        """(blocks, hidden + 1, chunk_items): a block's items in columns, bias in the last row."""
         table = tf.cast(tf.convert_to_tensor(self.model.item_embedding.embeddings), tf.float32)
         bias = tf.cast(tf.convert_to_tensor(self.model.output_bias), tf.float32)
-        table = tf.concat([tf.transpose(table), bias[None]], 0)
-        return [table[:, start:start + self.chunk_items] for start in range(0, self.num_tokens, self.chunk_items)]
+        blocks = -(-self.num_tokens // self.chunk_items)
+        missing = blocks * self.chunk_items - self.num_tokens
+        table = tf.pad(tf.transpose(table), [[0, 0], [0, missing]])
+        bias = tf.pad(bias, [[0, missing]], constant_values=NEG_INF)
+        table = tf.concat([table, bias[None]], 0)
+        return tf.transpose(tf.reshape(table, [-1, blocks, self.chunk_items]), [1, 0, 2])
 
     def refresh(self) -> None:
-        for variable, part in zip(self.tables, self._parts()):
-            variable.assign(part)
+        self.table.assign(self._blocks())
 
     def encode(self, input_ids):
         """(head output with a column of ones, user embedding = encoder output at the last position).
@@ -75,17 +82,16 @@ class ModelScorer(tf.Module):
         return tf.concat([head, tf.ones_like(head[:, :1])], 1), tf.cast(hidden, tf.float32)
 
     def chunk(self, state, start: int, size: int):
-        return tf.matmul(state, self.tables[start // self.chunk_items])
+        """Scores of the block at `start` (chunk_items wide; past the catalogue: -inf)."""
+        return tf.matmul(state, self.table[start // self.chunk_items])
 
     def at(self, state, tokens):
-        """Each row's score for its own token, from the same matmul as its chunk's scores."""
-        scores = tf.zeros(tf.shape(tokens), tf.float32)
-        for index, part in enumerate(self.tables):
-            local = tokens - index * self.chunk_items
-            inside = (local >= 0) & (local < part.shape[1])
-            columns = tf.gather(part, tf.clip_by_value(local, 0, part.shape[1] - 1), axis=1)
-            scores = tf.where(inside, tf.linalg.diag_part(tf.matmul(state, columns)), scores)
-        return scores
+        """Each row's score for its own token, from the same matmul kernel as its block's scores."""
+        table = tf.convert_to_tensor(self.table)  # a gather on the variable would make every later read a copy
+        rows = tf.range(table.shape[1])[:, None] + tf.zeros_like(tokens)  # (hidden + 1, batch)
+        block = tf.broadcast_to(tokens // self.chunk_items, tf.shape(rows))
+        column = tf.broadcast_to(tokens % self.chunk_items, tf.shape(rows))
+        return tf.linalg.diag_part(tf.matmul(state, tf.gather_nd(table, tf.stack([block, rows, column], -1))))
 
 
 def is_seen(tokens: np.ndarray, seen: np.ndarray) -> np.ndarray:
@@ -210,15 +216,32 @@ def _masked_top(scores, start: int, seen, seen_here, k):
     return values, tokens + start
 
 
-def _grouped_top(layout, maxima, start: int, seen, need, k):
+def _gather_groups(layouts, groups):
+    """(batch, n, GROUP): groups picked by their index in the chunk, from its blocks' layouts (one
+    gather per block, of the picks that fall in it)."""
+    if len(layouts) == 1:
+        return tf.gather(layouts[0], groups, batch_dims=1)
+    per_block = layouts[0].shape[1]
+    batch, n = tf.shape(groups)[0], tf.shape(groups)[1]
+    which = tf.reshape(groups // per_block, [-1])
+    rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, n])
+    where = tf.reshape(tf.stack([rows, groups % per_block], -1), [-1, 2])
+    slots = tf.dynamic_partition(tf.range(batch * n), which, len(layouts))
+    picks = tf.dynamic_partition(where, which, len(layouts))
+    values = tf.dynamic_stitch(slots, [tf.gather_nd(layout, pick) for layout, pick in zip(layouts, picks)])
+    return tf.reshape(values, [batch, n, GROUP])
+
+
+def _grouped_top(layouts, maxima, start: int, block_items: int, seen, need, k):
     """Top-k of one chunk from the `need` = k + (seen items in the chunk) best groups only: the
     k best unseen items lie within the k + s best items, which lie within the k + s groups with
     the best maxima. Those groups are gathered, their best items ranked, the seen ones dropped."""
-    batch = tf.shape(layout)[0]
+    batch, per_block = tf.shape(maxima)[0], layouts[0].shape[1]
     _, best_groups = tf.math.top_k(maxima, need)
     best_groups = tf.sort(best_groups, axis=1)  # gathered in ascending token order: ties stay stable
-    values = tf.reshape(tf.gather(layout, best_groups, batch_dims=1), [batch, need * GROUP])
-    tokens = start + tf.reshape(best_groups[:, :, None] * GROUP + tf.range(GROUP), [batch, need * GROUP])
+    values = tf.reshape(_gather_groups(layouts, best_groups), [batch, need * GROUP])
+    first = start + best_groups // per_block * block_items + best_groups % per_block * GROUP
+    tokens = tf.reshape(first[:, :, None] + tf.range(GROUP), [batch, need * GROUP])
     values, position = tf.math.top_k(values, need)
     tokens = tf.gather(tokens, position, batch_dims=1)
     values = tf.where(_is_member(tokens, seen), NEG_INF, values)
@@ -226,22 +249,42 @@ def _grouped_top(layout, maxima, start: int, seen, need, k):
     return values, tf.gather(tokens, position, batch_dims=1)
 
 
-def _chunk_top(scores, layout, maxima, start: int, seen, seen_here, k):
-    """Exact top-k unseen tokens of one chunk: from a few groups when few items are seen there
-    (a large catalogue), else by masking the chunk (a small catalogue, long histories)."""
+def _chunk_top(scores, layouts, maxima, start: int, block_items: int, seen, k):
+    """Exact top-k unseen tokens of one chunk (its blocks' scores): from a few groups when few
+    items are seen there (a large catalogue), else by masking the chunk (a small catalogue, long
+    histories)."""
+    seen_here = (seen >= start) & (seen < start + sum(block.shape[1] for block in scores))
     need = k + tf.reduce_max(tf.reduce_sum(tf.cast(seen_here, tf.int32), 1))
     few = need * 4 <= tf.shape(maxima)[1]
-    return tf.cond(few, lambda: _grouped_top(layout, maxima, start, seen, need, k),
-                   lambda: _masked_top(scores, start, seen, seen_here, k))
+    return tf.cond(few, lambda: _grouped_top(layouts, maxima, start, block_items, seen, need, k),
+                   lambda: _masked_top(tf.concat(scores, 1), start, seen, seen_here, k))
+
+
+def _marked_rivals(marked, marked_scores, width: int, target_scores):
+    """(items to take off each row's count: seen items other than the target that reach it, and
+    the target itself; sampled negatives that reach the target), from the marked tokens' scores
+    [seen (width), target, negatives]."""
+    seen, targets = marked[:, :width], marked[:, width:width + 1]
+    rivals = (seen != targets) & (marked_scores[:, :width] >= target_scores)
+    own = marked_scores[:, width] >= target_scores[:, 0]
+    drawn = marked_scores[:, width + 1:] >= target_scores
+    return (tf.reduce_sum(tf.cast(rivals, tf.int32), 1) + tf.cast(own, tf.int32),
+            tf.reduce_sum(tf.cast(drawn, tf.int32), 1))
 
 
 class Recommender:
-    """One compiled pass per batch: top-k tokens and scores, target ranks, user embeddings."""
+    """One compiled pass per batch: top-k tokens and scores, target ranks, user embeddings.
 
-    def __init__(self, scorer, with_rank: bool = True):
+    The catalogue is scored block by block (the scorer's `chunk_items` items: one matmul whose
+    scores are still in the core's cache when they are read for group maxima and the count); the
+    top-k is taken per chunk of `chunk_blocks` blocks.
+    """
+
+    def __init__(self, scorer, with_rank: bool = True, chunk_blocks: int = CHUNK_BLOCKS):
         self.scorer = scorer
         self.num_tokens = scorer.num_tokens
         self.chunk_items = scorer.chunk_items
+        self.chunk_blocks = chunk_blocks
         self.with_rank = with_rank
         self.run = tf.function(self._run, input_signature=SIGNATURE)
 
@@ -252,33 +295,39 @@ class Recommender:
         state, embedding = self.scorer.encode(input_ids)
         batch = tf.shape(input_ids)[0]
         seen = unique_sorted(tf.concat([seen, tf.broadcast_to(tf.constant([[PAD, MASK]]), [batch, 2])], 1))
+        width = tf.shape(seen)[1]
+        marked = tf.concat([seen, targets[:, None], negatives], 1)  # tokens whose scores the scan picks up
+        marked_scores = tf.fill(tf.shape(marked), NEG_INF)
         target_scores = self.scorer.at(state, targets)[:, None] if self.with_rank else None
         best_scores, best_tokens = tf.fill([batch, k], NEG_INF), tf.zeros([batch, k], tf.int32)
         rank = sampled = tf.zeros([batch], tf.int32)
-        order = None
-        for start in range(0, self.num_tokens, self.chunk_items):
-            size = min(self.chunk_items, self.num_tokens - start)
-            scores = self.scorer.chunk(state, start, size)
-            layout = _groups(scores)
-            maxima = tf.reduce_max(layout, 2)
-            seen_scores, seen_here = _in_chunk(scores, seen, start, size)
-            if self.with_rank:
-                if order is None:  # the first chunk, rows as given: all compared unless few groups reach
-                    share = _reach_share(maxima, target_scores)
-                    dense_rows = tf.where(tf.reduce_mean(share) < 0.25, 0, batch)
-                own, _ = _in_chunk(scores, targets[:, None], start, size)
-                rivals = seen_here & (seen != targets[:, None]) & (seen_scores >= target_scores)
-                rank += _count_at_least(layout, maxima, target_scores, dense_rows)
-                rank -= tf.reduce_sum(tf.cast(rivals, tf.int32), 1) + tf.cast(own[:, 0] >= target_scores[:, 0], tf.int32)
-                drawn, drawn_here = _in_chunk(scores, negatives, start, size)
-                sampled += tf.reduce_sum(tf.cast(drawn_here & (drawn >= target_scores), tf.int32), 1)
-            values, tokens = _chunk_top(scores, layout, maxima, start, seen, seen_here, k)
+        order = dense_rows = None
+        span = self.chunk_items * self.chunk_blocks
+        for start in range(0, self.num_tokens, span):
+            scores, layouts, maxima = [], [], []
+            for block in range(start, min(start + span, self.num_tokens), self.chunk_items):
+                block_scores = self.scorer.chunk(state, block, min(self.chunk_items, self.num_tokens - block))
+                layout = _groups(block_scores)
+                block_maxima = tf.reduce_max(layout, 2)
+                found, inside = _in_chunk(block_scores, marked, block, block_scores.shape[1])
+                marked_scores = tf.where(inside, found, marked_scores)
+                if self.with_rank:
+                    if dense_rows is None:  # the first block, rows as given: all compared unless few groups reach
+                        share = tf.reduce_mean(_reach_share(block_maxima, target_scores))
+                        dense_rows = tf.where(share < 0.25, 0, batch)
+                    rank += _count_at_least(layout, block_maxima, target_scores, dense_rows)
+                scores.append(block_scores), layouts.append(layout), maxima.append(block_maxima)
+            maxima = tf.concat(maxima, 1)
+            values, tokens = _chunk_top(scores, layouts, maxima, start, self.chunk_items, seen, k)
             best_scores, best_tokens = _merge_top(best_scores, best_tokens, values, tokens, k)
-            if self.with_rank and start == 0 and size < self.num_tokens:
-                order, dense_rows = _dense_first(share)
-                state, seen, targets, negatives, target_scores, rank, sampled, best_scores, best_tokens = (
-                    tf.gather(rows, order) for rows in (state, seen, targets, negatives, target_scores, rank, sampled,
+            if self.with_rank and start == 0 and span < self.num_tokens:
+                order, dense_rows = _dense_first(_reach_share(maxima, target_scores))
+                state, seen, marked, marked_scores, target_scores, rank, best_scores, best_tokens = (
+                    tf.gather(rows, order) for rows in (state, seen, marked, marked_scores, target_scores, rank,
                                                         best_scores, best_tokens))
+        if self.with_rank:
+            taken_off, sampled = _marked_rivals(marked, marked_scores, width, target_scores)
+            rank -= taken_off
         if order is not None:
             back = tf.math.invert_permutation(order)
             best_tokens, best_scores, rank, sampled = (tf.gather(rows, back) for rows in (best_tokens, best_scores,
