@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) is not for users; errors stay.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -39,6 +42,34 @@ COMMANDS = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler, a container stop) unwinds the command as Ctrl-C does: temporary
+    files are removed, earlier outputs stay whole, the tracking run is closed."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """SIGTERM raises Terminated in this process while the command runs; a worker forked meanwhile
+    inherits the handler and dies at once, as it would have without it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    main_pid = os.getpid()
+
+    def on_sigterm(signum, frame):
+        if os.getpid() != main_pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def usage() -> str:
     lines = ["usage: bert4rec <command> [options]", "", "commands:"]
     lines += [f"  {name:<12} {help_text}" for name, (_, help_text) in COMMANDS.items()]
@@ -57,14 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     module_name, _, function = COMMANDS[command][0].partition(":")
     try:
         entry = getattr(importlib.import_module(module_name), function or "main")
-        return entry(rest) or 0
+        with sigterm_unwinds():
+            return entry(rest) or 0
     except UserError as error:
         logging.getLogger("bert4rec").debug("user error", exc_info=True)
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as error:  # a full disk where no atomic write could name the file
         if not is_disk_full(error):
             raise

@@ -1,6 +1,8 @@
 """Faults while the data and model stages run (slow: `make check-faults`).
 
 - SIGKILL of raw / tfrecord mid-run leaves the dead run's temporaries; the rerun removes them.
+- SIGTERM to a stage's process group (a scheduler, a container stop) unwinds it as Ctrl-C does:
+  `terminated`, exit 143, no temporaries, the earlier outputs untouched.
   A temporary of a stage that is still running is never removed by another run.
 - A full disk (a small tmpfs mounted here) at any write: one error naming the path, exit 2, and
   nothing half-written or temporary left behind.
@@ -8,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -104,6 +107,29 @@ def test_killed_tfrecord_leaves_temporaries_that_the_rerun_removes(tmp_path, big
     manifest = Manifest.read(processed / "records")
     assert manifest.splits["valid"].examples == 150000
     assert sorted(p.name for p in processed.iterdir()) == ["records"]
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("stage, folder, prefix", [("raw", "data/interim", "raw-spill"),
+                                                   ("tfrecord", "data/processed", "records")])
+def test_sigterm_unwinds_a_stage_and_its_workers(tmp_path, big_input, stage, folder, prefix):
+    project = make_project(tmp_path / "p", big_input, tfrecord={"pool_size": 2, "num_shards": 4})
+    rerun("raw", project)
+    if stage == "tfrecord":
+        rerun("tfrecord", project)
+    before = file_digests(project / "data")
+    log = tmp_path / f"{stage}.log"
+    process = start(stage, project, log)
+    wait_for(project / folder, prefix, process, log)
+    os.killpg(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-2000:]
+    assert log.read_text().splitlines()[-1] == "terminated" and "Traceback" not in log.read_text()
+    assert temporaries(project) == []
+    assert file_digests(project / "data") == before
 
 
 def test_a_running_stages_temporaries_are_left_alone(tmp_path, big_input):
