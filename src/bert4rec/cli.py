@@ -49,25 +49,26 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def sigterm_unwinds():
-    """SIGTERM raises Terminated in this process while the command runs; a worker forked meanwhile
-    inherits the handler and dies at once, as it would have without it."""
-    if threading.current_thread() is not threading.main_thread():
+    """SIGTERM raises Terminated in this process while the command runs. A worker forked meanwhile
+    inherits the handler and exits through SystemExit instead, so that it, too, unwinds (a pool
+    worker killed outright could die holding its queue's lock, and the pool's shutdown would wait
+    for that lock forever). An ignored SIGTERM stays ignored."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
         yield
         return
     main_pid = os.getpid()
 
     def on_sigterm(signum, frame):
         if os.getpid() != main_pid:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
+            raise SystemExit(128 + signal.SIGTERM)
         raise Terminated()
 
     before = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 def usage() -> str:

@@ -114,19 +114,38 @@ def file_digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def group_is_gone(pgid: int, timeout: float = 30) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @pytest.mark.parametrize("stage, folder, prefix", [("raw", "data/interim", "raw-spill"),
                                                    ("tfrecord", "data/processed", "records")])
 def test_sigterm_unwinds_a_stage_and_its_workers(tmp_path, big_input, stage, folder, prefix):
-    project = make_project(tmp_path / "p", big_input, tfrecord={"pool_size": 2, "num_shards": 4})
+    """For tfrecord the signal comes once the third of 3 shards is being written, when one worker
+    may be waiting, idle, on the pool's queue (the workers unwind instead of dying outright, so
+    none can leave the queue's lock held for the pool's shutdown)."""
+    project = make_project(tmp_path / "p", big_input, tfrecord={"pool_size": 2, "num_shards": 3})
     rerun("raw", project)
     if stage == "tfrecord":
         rerun("tfrecord", project)
     before = file_digests(project / "data")
     log = tmp_path / f"{stage}.log"
     process = start(stage, project, log)
-    wait_for(project / folder, prefix, process, log)
+    temporary = wait_for(project / folder, prefix, process, log)
+    while stage == "tfrecord" and not list(temporary.glob("*-00002-of-00003.tfrecord")):
+        assert process.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.01)
+    time.sleep(0.5 if stage == "tfrecord" else 0)
     os.killpg(process.pid, signal.SIGTERM)
     assert process.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-2000:]
+    assert group_is_gone(process.pid), "a worker outlived the stage"
     assert log.read_text().splitlines()[-1] == "terminated" and "Traceback" not in log.read_text()
     assert temporaries(project) == []
     assert file_digests(project / "data") == before

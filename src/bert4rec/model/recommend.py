@@ -52,7 +52,7 @@ class ModelScorer(tf.Module):
         super().__init__(name="scorer")
         self.model = model
         self.num_tokens = model.num_tokens
-        self.chunk_items = chunk_items
+        self.chunk_items = min(chunk_items, -(-self.num_tokens // GROUP) * GROUP)  # a small catalogue: one block
         self.table = tf.Variable(self._blocks(), trainable=False, name="scoring_table")
 
     def _blocks(self):
