@@ -295,10 +295,11 @@ class Recommender:
         state, embedding = self.scorer.encode(input_ids)
         batch = tf.shape(input_ids)[0]
         seen = unique_sorted(tf.concat([seen, tf.broadcast_to(tf.constant([[PAD, MASK]]), [batch, 2])], 1))
-        width = tf.shape(seen)[1]
-        marked = tf.concat([seen, targets[:, None], negatives], 1)  # tokens whose scores the scan picks up
-        marked_scores = tf.fill(tf.shape(marked), NEG_INF)
-        target_scores = self.scorer.at(state, targets)[:, None] if self.with_rank else None
+        width, marked, marked_scores, target_scores = tf.shape(seen)[1], None, None, None
+        if self.with_rank:
+            marked = tf.concat([seen, targets[:, None], negatives], 1)  # tokens whose scores the scan picks up
+            marked_scores = tf.fill(tf.shape(marked), NEG_INF)
+            target_scores = self.scorer.at(state, targets)[:, None]
         best_scores, best_tokens = tf.fill([batch, k], NEG_INF), tf.zeros([batch, k], tf.int32)
         rank = sampled = tf.zeros([batch], tf.int32)
         order = dense_rows = None
