@@ -7,6 +7,7 @@ from helpers import make_project, run_stage
 
 TINY = {
     "model_name": "tiny",
+    "objective": "masked",  # the causal objective has tests of its own (test_train_val.py)
     "model": {"hidden_size": 32, "intermediate_size": 64, "max_position_embeddings": 20,
               "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
     "batch_size": 32, "num_train_steps": 600, "num_warmup_steps": 30, "learning_rate": 0.003,

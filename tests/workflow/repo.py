@@ -26,8 +26,8 @@ COPIED = ("src", "Makefile", "pyproject.toml", ".gitignore", ".dvcignore", ".dvc
 # Tiny budgets so the whole chain runs in seconds on 2 cores.
 TINY = {
     "tfrecord": {"max_seq_length": 20, "max_predictions_per_seq": 4, "num_shards": 2, "pool_size": 1},
-    "train_val": {"num_train_steps": 20, "num_warmup_steps": 2, "batch_size": 32, "eval_every_steps": 10,
-                  "save_checkpoints_steps": 10, "log_every_steps": 5,
+    "train_val": {"objective": "masked", "num_train_steps": 20, "num_warmup_steps": 2, "batch_size": 32,
+                  "eval_every_steps": 10, "save_checkpoints_steps": 10, "log_every_steps": 5,
                   "model": {"hidden_size": 16, "intermediate_size": 32, "max_position_embeddings": 20}},
     "test": {"batch_size": 128},
     "inference": {"batch_size": 128, "top_k": 5},
