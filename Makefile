@@ -86,7 +86,7 @@ bench-data: ## time raw+tfrecord on ML-1M and on a 20M-event synthetic log (writ
 	$(B4R) bench-data
 
 .PHONY: bench-quality bench-speed bench-scale bench-peer
-bench-quality: ## ML-1M quality benchmark: <= 60 min training, test NDCG@10/HR@10 + speed (writes bench/quality.json)
+bench-quality: ## ML-1M on the params defaults, masked and causal, 60 min of training each: test NDCG@10/HR@10 + speed (bench/quality.json)
 	$(B4R) bench-quality
 
 bench-speed: ## training speed: the last release's configuration vs today's defaults in one run (bench/speed.json)

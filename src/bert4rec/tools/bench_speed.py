@@ -76,9 +76,11 @@ def probe(project: Path, params: dict, steps: int, warmup: int) -> dict:
             timed.append(batch)  # their FLOPs are counted after the clock stops
     float(loss)  # wait for the last step
     total = time.perf_counter() - started
-    work = sum(flops.step_flops(tv, tv.batch_size, *shape_of(batch, tv.objective), manifest.num_tokens)
-               for batch in timed)
+    shapes = [shape_of(batch, tv.objective) for batch in timed]
+    work = sum(flops.step_flops(tv, tv.batch_size, width, targets, manifest.num_tokens) for width, targets in shapes)
     return {"steps": steps, "seconds": round(total, 3), "sequences_per_second": round(steps * tv.batch_size / total, 1),
+            # items predicted per second: a causal window predicts each of its items, a masked one ~20 %
+            "targets_per_second": round(sum(targets for _, targets in shapes) / total, 1),
             "gflop_per_step": round(work / steps / 1e9, 2), "achieved_gflop_per_second": round(work / total / 1e9, 1)}
 
 
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def summarise(configs: dict, runs: dict[str, list[dict]]) -> dict:
     summary = {name: {key: statistics.median(r[key] for r in rounds)
-                      for key in ("sequences_per_second", "gflop_per_step", "achieved_gflop_per_second")}
+                      for key in ("sequences_per_second", "targets_per_second", "gflop_per_step",
+                                  "achieved_gflop_per_second")}
                for name, rounds in runs.items()}
     ratio = summary["defaults"]["sequences_per_second"] / summary["released"]["sequences_per_second"]
     return {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
