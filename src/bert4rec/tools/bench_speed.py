@@ -66,7 +66,7 @@ def probe(project: Path, params: dict, steps: int, warmup: int) -> dict:
     strategy = runtime.start(tv.distribution, tv.seed, tv.deterministic_ops, tv.mixed_precision)
     trainer = Trainer(tv, manifest, np.ones(manifest.vocab_size), project / "speed-logs", project / "speed-ckpt",
                       strategy=strategy)
-    batches, timed = iter(trainer.epoch_batches(0)), []
+    batches, timed = every_batch(trainer), []
     for index in range(warmup + steps):
         batch = next(batches)
         if index == warmup:
@@ -82,6 +82,14 @@ def probe(project: Path, params: dict, steps: int, warmup: int) -> dict:
             # items predicted per second: a causal window predicts each of its items, a masked one ~20 %
             "targets_per_second": round(sum(targets for _, targets in shapes) / total, 1),
             "gflop_per_step": round(work / steps / 1e9, 2), "achieved_gflop_per_second": round(work / total / 1e9, 1)}
+
+
+def every_batch(trainer):
+    """Training batches epoch after epoch (a probe may be longer than one epoch: 80 steps on ML-1M)."""
+    epoch = 0
+    while True:
+        yield from trainer.epoch_batches(epoch)
+        epoch += 1
 
 
 def shape_of(batch, objective: str) -> tuple[int, int]:
