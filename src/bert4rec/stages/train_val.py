@@ -42,7 +42,8 @@ def check_inputs(paths: ProjectPaths, params: Params, manifest: Manifest, folder
                         f"tfrecord.max_seq_length ({manifest.max_seq_length})")
     if params.train_val.objective == "causal" and manifest.masking != "dynamic":
         raise UserError(f"{manifest.path}: train_val.objective causal needs tfrecord.masking: dynamic (static "
-                        "records hold masked copies; the causal task needs the plain windows); rerun tfrecord")
+                        "records hold masked copies; the causal task needs the plain windows); rerun tfrecord "
+                        "with masking: dynamic, or set train_val.objective: masked")
     if (folder / store.INFO).exists():
         store.check_compatible(folder, store.read_info(folder), manifest, model, params.train_val.objective)
         finetune.check_saved(folder, params.train_val)
