@@ -116,3 +116,37 @@ def test_causal_loss_is_next_item_cross_entropy_over_real_positions():
     used = (inputs != PAD) & (labels != PAD)
     picked = np.take_along_axis(log_probs, (labels - FIRST_ITEM).clip(0)[..., None], -1)[..., 0]
     assert loss == pytest.approx(-picked[used].mean(), rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_chunked_full_softmax_matches_one_softmax_over_all_rows_with_its_gradients(monkeypatch, dtype):
+    from bert4rec.model import loss
+
+    rng = np.random.default_rng(0)
+    rows, tokens, hidden = 23, 11, 5
+    transformed = tf.constant(rng.normal(size=(rows, hidden)), dtype)
+    table = tf.constant(rng.normal(size=(tokens, hidden)), tf.float32)
+    bias = tf.constant(rng.normal(size=tokens), tf.float32)
+    labels = tf.constant(rng.integers(0, tokens, rows), tf.int32)
+
+    def reference(transformed, table, bias):
+        logits = tf.cast(tf.matmul(transformed, tf.cast(table, dtype), transpose_b=True), tf.float32) + bias
+        return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+
+    def chunked(transformed, table, bias):
+        return loss.full_softmax_cross_entropy(transformed, table, bias, labels)
+
+    monkeypatch.setattr(loss, "LOGITS_PER_CHUNK", 4 * tokens + 3)  # chunks of 4 rows, the last one of 3
+    monkeypatch.setattr(loss, "MIN_CHUNK_ROWS", 2)
+    assert loss.chunk_rows(tokens) == 4
+    for run in (lambda f: f, tf.function):
+        results = []
+        for function in (reference, chunked):
+            with tf.GradientTape() as tape:
+                tape.watch([transformed, table, bias])
+                value = 0.5 * run(function)(transformed, table, bias)
+            results.append([value, *tape.gradient(value, [transformed, table, bias])])
+        tolerance = 1e-5 if dtype == tf.float32 else 2e-2
+        for expected, got in zip(*results):
+            np.testing.assert_allclose(tf.cast(got, tf.float32), tf.cast(expected, tf.float32), rtol=tolerance,
+                                       atol=tolerance)
