@@ -150,3 +150,17 @@ def test_chunked_full_softmax_matches_one_softmax_over_all_rows_with_its_gradien
         for expected, got in zip(*results):
             np.testing.assert_allclose(tf.cast(got, tf.float32), tf.cast(expected, tf.float32), rtol=tolerance,
                                        atol=tolerance)
+
+
+def test_full_softmax_of_no_rows_is_zero_with_zero_gradients():
+    from bert4rec.model import loss
+
+    table, bias = tf.ones([5, 3]), tf.zeros([5])
+    rows, labels = tf.zeros([0, 3]), tf.zeros([0], tf.int32)
+    for run in (lambda f: f, tf.function):
+        with tf.GradientTape() as tape:
+            tape.watch([rows, table, bias])
+            value = run(lambda r, t, b: loss.full_softmax_cross_entropy(r, t, b, labels))(rows, table, bias)
+        grads = tape.gradient(value, [rows, table, bias])
+        assert float(value) == 0.0 and grads[0].shape == (0, 3)
+        assert not np.any(grads[1].numpy()) and not np.any(grads[2].numpy())
