@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from bert4rec.params import ModelParams
+from bert4rec.model import loss as objectives
 from bert4rec.model.loss import masked_item_loss, sampling_log_q
 from bert4rec.model.network import build_model
 from bert4rec.data.records import FIRST_ITEM, MASK, PAD
@@ -120,8 +121,6 @@ def test_causal_loss_is_next_item_cross_entropy_over_real_positions():
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
 def test_chunked_full_softmax_matches_one_softmax_over_all_rows_with_its_gradients(monkeypatch, dtype):
-    from bert4rec.model import loss
-
     rng = np.random.default_rng(0)
     rows, tokens, hidden = 23, 11, 5
     transformed = tf.constant(rng.normal(size=(rows, hidden)), dtype)
@@ -134,11 +133,11 @@ def test_chunked_full_softmax_matches_one_softmax_over_all_rows_with_its_gradien
         return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
 
     def chunked(transformed, table, bias):
-        return loss.full_softmax_cross_entropy(transformed, table, bias, labels)
+        return objectives.full_softmax_cross_entropy(transformed, table, bias, labels)
 
-    monkeypatch.setattr(loss, "LOGITS_PER_CHUNK", 4 * tokens + 3)  # chunks of 4 rows, the last one of 3
-    monkeypatch.setattr(loss, "MIN_CHUNK_ROWS", 2)
-    assert loss.chunk_rows(tokens) == 4
+    monkeypatch.setattr(objectives, "LOGITS_PER_CHUNK", 4 * tokens + 3)  # chunks of 4 rows, the last one of 3
+    monkeypatch.setattr(objectives, "MIN_CHUNK_ROWS", 2)
+    assert objectives.chunk_rows(tokens) == 4
     for run in (lambda f: f, tf.function):
         results = []
         for function in (reference, chunked):
@@ -153,14 +152,12 @@ def test_chunked_full_softmax_matches_one_softmax_over_all_rows_with_its_gradien
 
 
 def test_full_softmax_of_no_rows_is_zero_with_zero_gradients():
-    from bert4rec.model import loss
-
     table, bias = tf.ones([5, 3]), tf.zeros([5])
     rows, labels = tf.zeros([0, 3]), tf.zeros([0], tf.int32)
     for run in (lambda f: f, tf.function):
         with tf.GradientTape() as tape:
             tape.watch([rows, table, bias])
-            value = run(lambda r, t, b: loss.full_softmax_cross_entropy(r, t, b, labels))(rows, table, bias)
+            value = run(lambda r, t, b: objectives.full_softmax_cross_entropy(r, t, b, labels))(rows, table, bias)
         grads = tape.gradient(value, [rows, table, bias])
         assert float(value) == 0.0 and grads[0].shape == (0, 3)
         assert not np.any(grads[1].numpy()) and not np.any(grads[2].numpy())
