@@ -70,7 +70,9 @@ def _write_records(paths: ProjectPaths, params: Params, vocab_size: int, windows
             for s in range(tf_params.num_shards)]
     workers = min(tf_params.pool_size, tf_params.num_shards)
     if workers > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        # spawn, not fork: this process holds TensorFlow's and MLflow's threads, and a child forked
+        # while one of them holds a lock deadlocks (a hung CI run); the workers import only data code
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
             results = list(progress(pool.imap(build_shard, jobs), total=len(jobs), desc="tfrecord: shards"))
     else:
         results = [build_shard(job) for job in progress(jobs, desc="tfrecord: shards")]
