@@ -71,6 +71,15 @@ def sigterm_unwinds():
         signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
+def exit_on_sigterm() -> None:
+    """Pool initializer of a spawned worker (which starts with the default handler): SIGTERM exits
+    through SystemExit, so that the worker unwinds as a forked one does (see sigterm_unwinds)."""
+    def on_sigterm(signum, frame):
+        raise SystemExit(128 + signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def usage() -> str:
     lines = ["usage: bert4rec <command> [options]", "", "commands:"]
     lines += [f"  {name:<12} {help_text}" for name, (_, help_text) in COMMANDS.items()]

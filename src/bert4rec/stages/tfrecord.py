@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from bert4rec.cli import exit_on_sigterm
 from bert4rec.data.examples import ShardJob, build_shard, feature_spec
 from bert4rec.data.manifest import NO_EFFECT_ON_OUTPUT, Manifest, Shard, Split, UnknownItems, VocabularyRef
 from bert4rec.data.records import FIRST_ITEM, MASK, PAD, shard_name
@@ -72,7 +73,7 @@ def _write_records(paths: ProjectPaths, params: Params, vocab_size: int, windows
     if workers > 1:
         # spawn, not fork: this process holds TensorFlow's and MLflow's threads, and a child forked
         # while one of them holds a lock deadlocks (a hung CI run); the workers import only data code
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=exit_on_sigterm) as pool:
             results = list(progress(pool.imap(build_shard, jobs), total=len(jobs), desc="tfrecord: shards"))
     else:
         results = [build_shard(job) for job in progress(jobs, desc="tfrecord: shards")]
