@@ -10,9 +10,6 @@ import signal
 import sys
 import threading
 
-# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) is not for users; errors stay.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from bert4rec.errors import UserError, disk_full_path, is_disk_full
 from bert4rec.fileio import release_locks
 

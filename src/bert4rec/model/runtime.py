@@ -13,8 +13,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 def startup_log() -> Path:
     folder = Path(tempfile.gettempdir()) / f"bert4rec-{os.getuid()}"
