@@ -58,7 +58,7 @@ def sigterm_unwinds():
 
     def on_sigterm(signum, frame):
         if os.getpid() != main_pid:
-            raise SystemExit(128 + signal.SIGTERM)
+            _worker_exit(signum, frame)
         raise Terminated()
 
     before = signal.signal(signal.SIGTERM, on_sigterm)
@@ -68,13 +68,14 @@ def sigterm_unwinds():
         signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
+def _worker_exit(signum, frame):
+    raise SystemExit(128 + signal.SIGTERM)
+
+
 def exit_on_sigterm() -> None:
     """Pool initializer of a spawned worker (which starts with the default handler): SIGTERM exits
-    through SystemExit, so that the worker unwinds as a forked one does (see sigterm_unwinds)."""
-    def on_sigterm(signum, frame):
-        raise SystemExit(128 + signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    through SystemExit, as in a worker forked under sigterm_unwinds."""
+    signal.signal(signal.SIGTERM, _worker_exit)
 
 
 def usage() -> str:

@@ -71,8 +71,8 @@ def _write_records(paths: ProjectPaths, params: Params, vocab_size: int, windows
             for s in range(tf_params.num_shards)]
     workers = min(tf_params.pool_size, tf_params.num_shards)
     if workers > 1:
-        # spawn, not fork: this process holds TensorFlow's and MLflow's threads, and a child forked
-        # while one of them holds a lock deadlocks (a hung CI run); the workers import only data code
+        # spawn, not fork: the caller may run threads (MLflow's; TensorFlow's in a test or a notebook),
+        # and a child forked while one of them holds a lock deadlocks (it hung CI); workers import only data code
         with multiprocessing.get_context("spawn").Pool(workers, initializer=exit_on_sigterm) as pool:
             results = list(progress(pool.imap(build_shard, jobs), total=len(jobs), desc="tfrecord: shards"))
     else:
