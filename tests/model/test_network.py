@@ -151,6 +151,18 @@ def test_chunked_full_softmax_matches_one_softmax_over_all_rows_with_its_gradien
                                        atol=tolerance)
 
 
+def test_softmax_cross_entropy_equals_tensorflows_kernel_on_extreme_logits():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(scale=300.0, size=(7, 9)).astype(np.float32)  # exp() of these overflows unshifted
+    logits[:, :2] = -1e9  # PAD and MASK as the full softmax passes them
+    labels = rng.integers(2, 9, 7).astype(np.int32)
+    losses, grad = objectives.softmax_cross_entropy(tf.constant(logits), tf.constant(labels))
+    expected = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=logits, labels=labels)
+    np.testing.assert_allclose(losses, expected[0], rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(grad, expected[1], rtol=1e-6, atol=1e-6)
+    assert np.all(np.isfinite(losses)) and np.all(np.isfinite(grad))
+
+
 def test_full_softmax_of_no_rows_is_zero_with_zero_gradients():
     table, bias = tf.ones([5, 3]), tf.zeros([5])
     rows, labels = tf.zeros([0, 3]), tf.zeros([0], tf.int32)
