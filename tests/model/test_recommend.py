@@ -159,3 +159,9 @@ def test_well_ranked_targets_are_counted_inside_the_groups_that_reach_them(chunk
     rank, top = brute_force(scores, seen, targets, 5)
     assert out["rank"].tolist() == rank.tolist() == [3] * 30
     assert out["tokens"].tolist() == top.tolist()
+
+
+def test_scoring_floor_times_a_catalogue_of_several_blocks_with_a_partial_last_one(monkeypatch):
+    monkeypatch.setattr(recommend, "CHUNK_ITEMS", 256)
+    rate = recommend.scoring_floor(items=3 * 256 + 17, hidden=8, batch=4, repeats=2)
+    assert np.isfinite(rate) and rate > 0

@@ -16,6 +16,7 @@ kernel as the block scores, so the comparisons are exact."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -344,6 +345,30 @@ class Recommender:
         negatives = np.zeros((batch, 0), np.int32) if negatives is None else negatives
         out = self.run(input_ids, seen, targets, negatives, tf.constant(min(k, self.num_tokens - FIRST_ITEM)))
         return {name: value.numpy() for name, value in out.items()}
+
+
+def scoring_floor(items: int, hidden: int, batch: int, repeats: int = 3) -> float:
+    """Users/s of the catalogue's block matmuls alone, each block's scores read once (a max per
+    row), shaped as the test and inference stages score (ModelScorer: blocks of
+    CHUNK_ITEMS items, hidden + 1 rows with the bias). No exact scorer that computes every score
+    through TensorFlow's matmul goes faster on this machine, so the stages' users/s read against it."""
+    blocks = -(-items // CHUNK_ITEMS)
+    rng = np.random.default_rng(0)
+    table = tf.Variable(rng.normal(0, 0.1, (blocks, hidden + 1, CHUNK_ITEMS)).astype(np.float32))
+    state = tf.constant(rng.normal(0, 1, (batch, hidden + 1)).astype(np.float32))
+
+    @tf.function
+    def one_pass(state):
+        best = tf.fill([batch], float("-inf"))
+        for block in range(blocks):
+            best = tf.maximum(best, tf.reduce_max(tf.matmul(state, table[block]), 1))
+        return best
+
+    one_pass(state).numpy()  # traced and warmed up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        one_pass(state).numpy()
+    return round(batch * repeats / (time.perf_counter() - started), 1)
 
 
 def history_popularity(manifest: Manifest, split: str) -> np.ndarray:

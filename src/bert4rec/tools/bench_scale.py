@@ -143,46 +143,19 @@ def main(argv: list[str] | None = None) -> int:
         result["targets"] = targets(result["runs"])
         write_json(args.out, result)  # after every size: a long run stopped early keeps what it measured
     largest = args.work / f"scale_{max(args.users)}"
+    from bert4rec.model.recommend import scoring_floor  # TensorFlow, after the stages' processes
+
     floor = scoring_floor(Manifest.read(largest / "data" / "processed" / "records").num_tokens,
-                          load_params(largest / "params.yaml").train_val.model.hidden_size)
+                          load_params(largest / "params.yaml").train_val.model.hidden_size, SCORING_BATCH)
     result["scoring_floor"] = {
         "users_per_second": floor, "test_share": round(result["targets"]["test_users_per_second"]["measured"] / floor, 2),
         "inference_share": round(result["targets"]["inference_users_per_second"]["measured"] / floor, 2),
-        "note": "the catalogue's block matmuls alone at the largest size's shapes (scoring_floor), measured after "
+        "note": "the catalogue's block matmuls alone at the largest size's shapes (recommend.scoring_floor), measured after "
                 "the runs: the stages' users/s as a share of it"}
     write_json(args.out, result)
     print(f"scoring floor (block matmuls alone): {floor:,.0f} users/s", flush=True)
     print(json.dumps(result["targets"], indent=2))
     return 0
-
-
-def scoring_floor(items: int, hidden: int, batch: int = SCORING_BATCH, repeats: int = 3) -> float:
-    """Users/s of the catalogue's block matmuls alone, each block's scores read once (a max per
-    row), shaped as the test and inference stages score (recommend.ModelScorer: blocks of
-    CHUNK_ITEMS items, hidden + 1 rows with the bias). No exact scorer that computes every score
-    through TensorFlow's matmul goes faster on this machine, so the stages' users/s read against it."""
-    import numpy as np
-    import tensorflow as tf
-
-    from bert4rec.model.recommend import CHUNK_ITEMS
-
-    blocks = -(-items // CHUNK_ITEMS)
-    rng = np.random.default_rng(0)
-    table = tf.Variable(rng.normal(0, 0.1, (blocks, hidden + 1, CHUNK_ITEMS)).astype(np.float32))
-    state = tf.constant(rng.normal(0, 1, (batch, hidden + 1)).astype(np.float32))
-
-    @tf.function
-    def one_pass(state):
-        best = tf.fill([batch], float("-inf"))
-        for block in range(blocks):
-            best = tf.maximum(best, tf.reduce_max(tf.matmul(state, table[block]), 1))
-        return best
-
-    one_pass(state).numpy()  # traced and warmed up
-    started = time.perf_counter()
-    for _ in range(repeats):
-        one_pass(state).numpy()
-    return round(batch * repeats / (time.perf_counter() - started), 1)
 
 
 def targets(runs: list[dict]) -> dict:
