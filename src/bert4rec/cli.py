@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import multiprocessing.util
 import os
 import signal
 import sys
@@ -74,8 +75,15 @@ def _worker_exit(signum, frame):
 
 def exit_on_sigterm() -> None:
     """Pool initializer of a spawned worker (which starts with the default handler): SIGTERM exits
-    through SystemExit, as in a worker forked under sigterm_unwinds."""
+    through SystemExit, as in a worker forked under sigterm_unwinds. Once the worker's work is
+    over (multiprocessing runs its exit finalizers), SIGTERM ends it at once: a SystemExit raised
+    in the threading shutdown that follows would print a traceback into the stage's log."""
     signal.signal(signal.SIGTERM, _worker_exit)
+    multiprocessing.util.Finalize(None, signal.signal, args=(signal.SIGTERM, _exit_now), exitpriority=100)
+
+
+def _exit_now(signum, frame):
+    os._exit(128 + signal.SIGTERM)
 
 
 def usage() -> str:
