@@ -42,8 +42,8 @@ SEEN = np.array([[0, 0], [2, 3], [0, 0], [0, 0]], np.int32)
 ROWS = np.arange(4, dtype=np.int32)[:, None]
 
 
-def recommend_rows(table, rows, seen, targets, k=10, chunk_items=3, negatives=None):
-    recommender = recommend.Recommender(RowScorer(table, chunk_items))
+def recommend_rows(table, rows, seen, targets, k=10, chunk_items=3, negatives=None, fused=True):
+    recommender = recommend.Recommender(RowScorer(table, chunk_items), fused=fused)
     return recommender(np.asarray(rows, np.int32), np.asarray(seen, np.int32), np.asarray(targets, np.int32),
                        negatives, k)
 
@@ -92,13 +92,14 @@ def brute_force(scores, seen, targets, k):
 @pytest.mark.parametrize("chunk_items, items, seen_count", [(5, 90, 12), (16, 90, 12), (37, 90, 80), (1000, 90, 12),
                                                         (300, 2000, 150), (1000, 5000, 30), (4000, 9000, 10),
                                                         (65536, 20000, 12)])
-def test_chunked_scan_equals_one_pass_over_the_catalogue(chunk_items, items, seen_count):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused kernel", "tensorflow ops"])
+def test_chunked_scan_equals_one_pass_over_the_catalogue(chunk_items, items, seen_count, fused):
     rng = np.random.default_rng(chunk_items + items)
     scores = np.round(rng.normal(size=(40, items)), 1).astype(np.float32)  # rounded: many ties
     seen = rng.integers(0, items, size=(40, seen_count)).astype(np.int32)  # repeats included
     seen[:, -3:] = PAD
     targets = rng.integers(FIRST_ITEM, items, size=40).astype(np.int32)
-    out = recommend_rows(scores, np.arange(40)[:, None], seen, targets, k=7, chunk_items=chunk_items)
+    out = recommend_rows(scores, np.arange(40)[:, None], seen, targets, k=7, chunk_items=chunk_items, fused=fused)
     rank, top = brute_force(scores, seen, targets, 7)  # (4000, 9000, 10) and (65536, 20000, 12): grouped top-k
     assert out["rank"].tolist() == rank.tolist()
     found = np.isfinite(out["scores"])
@@ -107,7 +108,8 @@ def test_chunked_scan_equals_one_pass_over_the_catalogue(chunk_items, items, see
 
 
 @pytest.mark.parametrize("chunk_items", [7, 1000])
-def test_the_popularity_ranking_equals_the_scan_over_constant_scores(chunk_items):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused kernel", "tensorflow ops"])
+def test_the_popularity_ranking_equals_the_scan_over_constant_scores(chunk_items, fused):
     rng = np.random.default_rng(chunk_items)
     popularity = np.round(rng.random(60) * 5)  # ties, broken by token order
     popularity[:FIRST_ITEM] = 0
@@ -120,7 +122,7 @@ def test_the_popularity_ranking_equals_the_scan_over_constant_scores(chunk_items
                           for row, t in zip(seen.tolist(), targets.tolist())], np.int32)  # as the protocol draws
     fast = recommend.PopularityRecommender(popularity)(np.zeros((25, 1), np.int32), seen, targets, negatives, k=6)
     scan = recommend_rows(np.tile(scores, (25, 1)), np.arange(25)[:, None], seen, targets, k=6,
-                          chunk_items=chunk_items, negatives=negatives)
+                          chunk_items=chunk_items, negatives=negatives, fused=fused)
     assert fast["rank"].tolist() == scan["rank"].tolist()
     assert fast["sampled_rank"].tolist() == scan["sampled_rank"].tolist()
     assert fast["tokens"].tolist() == scan["tokens"].tolist()
@@ -150,12 +152,13 @@ def test_the_model_scorer_ranks_by_the_network_scores_and_follows_new_weights():
 
 
 @pytest.mark.parametrize("chunk_items", [1024, 100000])  # several chunks (rows reordered), one chunk
-def test_well_ranked_targets_are_counted_inside_the_groups_that_reach_them(chunk_items):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused kernel", "tensorflow ops"])
+def test_well_ranked_targets_are_counted_inside_the_groups_that_reach_them(chunk_items, fused):
     rng = np.random.default_rng(5)
     scores = rng.normal(size=(30, 5000)).astype(np.float32)
     targets = (np.argsort(-scores[:, FIRST_ITEM:], axis=1)[:, 3] + FIRST_ITEM).astype(np.int32)  # the 4th best
     seen = np.full((30, 1), PAD, np.int32)
-    out = recommend_rows(scores, np.arange(30)[:, None], seen, targets, k=5, chunk_items=chunk_items)
+    out = recommend_rows(scores, np.arange(30)[:, None], seen, targets, k=5, chunk_items=chunk_items, fused=fused)
     rank, top = brute_force(scores, seen, targets, 5)
     assert out["rank"].tolist() == rank.tolist() == [3] * 30
     assert out["tokens"].tolist() == top.tolist()

@@ -25,7 +25,7 @@ import tensorflow as tf
 from bert4rec.data.manifest import Manifest
 from bert4rec.data.records import FIRST_ITEM, MASK, PAD
 from bert4rec.errors import UserError
-from bert4rec.model import inputs, metrics
+from bert4rec.model import inputs, kernel, metrics
 from bert4rec.model.distribute import Worker
 from bert4rec.progress import progress
 
@@ -281,18 +281,37 @@ class Recommender:
     `chunk_blocks` blocks.
     """
 
-    def __init__(self, scorer, with_rank: bool = True, chunk_blocks: int = CHUNK_BLOCKS):
+    def __init__(self, scorer, with_rank: bool = True, chunk_blocks: int = CHUNK_BLOCKS, fused: bool = True):
         self.scorer = scorer
         self.num_tokens = scorer.num_tokens
         self.chunk_items = scorer.chunk_items
         self.chunk_blocks = chunk_blocks
         self.with_rank = with_rank
+        # the ranked pass takes maxima and counts in one read where the fused kernel builds (never
+        # the top-k-only pass, which the SavedModel exports: it stays plain TensorFlow)
+        self.scan = kernel.group_scan_op() if with_rank and fused else None
         self.run = tf.function(self._run, input_signature=SIGNATURE)
+
+    def _scan_block(self, block_scores, target_scores, dense_rows):
+        """(the block as groups, their maxima, each row's count of scores reaching its target's,
+        dense_rows: how many leading rows TensorFlow's ops count item by item, set at the first block)."""
+        layout = _groups(block_scores)
+        if self.scan is not None:
+            maxima, counted = self.scan.bert4rec_group_scan(tf.reshape(layout, [tf.shape(layout)[0], -1]),
+                                                            target_scores)
+            return layout, maxima, counted, dense_rows
+        maxima = tf.reduce_max(layout, 2)
+        if not self.with_rank:
+            return layout, maxima, None, dense_rows
+        if dense_rows is None:  # the first block, rows as given: all compared unless few groups reach
+            share = tf.reduce_mean(_reach_share(maxima, target_scores))
+            dense_rows = tf.where(share < 0.25, 0, tf.shape(layout)[0])
+        return layout, maxima, _count_at_least(layout, maxima, target_scores, dense_rows), dense_rows
 
     def _run(self, input_ids, seen, targets, negatives, k):
         """seen: token rows (any padding with PAD, repeats allowed); targets: PAD where none;
-        negatives: (batch, n), n may be 0. After the first chunk the rows are put in the order
-        _dense_first gives (and back at the end)."""
+        negatives: (batch, n), n may be 0. Without the fused kernel, the rows are put in the order
+        _dense_first gives after the first chunk (and back at the end)."""
         state, embedding = self.scorer.encode(input_ids)
         batch = tf.shape(input_ids)[0]
         seen = unique_sorted(tf.concat([seen, tf.broadcast_to(tf.constant([[PAD, MASK]]), [batch, 2])], 1))
@@ -309,13 +328,9 @@ class Recommender:
             scores, layouts, maxima = [], [], []
             for block in range(start, min(start + span, self.num_tokens), self.chunk_items):
                 block_scores = self.scorer.chunk(state, block, min(self.chunk_items, self.num_tokens - block))
-                layout = _groups(block_scores)
-                block_maxima = tf.reduce_max(layout, 2)
+                layout, block_maxima, counted, dense_rows = self._scan_block(block_scores, target_scores, dense_rows)
                 if self.with_rank:
-                    if dense_rows is None:  # the first block, rows as given: all compared unless few groups reach
-                        share = tf.reduce_mean(_reach_share(block_maxima, target_scores))
-                        dense_rows = tf.where(share < 0.25, 0, batch)
-                    rank += _count_at_least(layout, block_maxima, target_scores, dense_rows)
+                    rank += counted
                     found, inside = _in_chunk(block_scores, marked, block, block_scores.shape[1])
                     marked_scores = tf.where(inside, found, marked_scores)
                 scores.append(block_scores)
@@ -324,7 +339,7 @@ class Recommender:
             maxima = tf.concat(maxima, 1)
             values, tokens = _chunk_top(scores, layouts, maxima, start, self.chunk_items, seen, k)
             best_scores, best_tokens = _merge_top(best_scores, best_tokens, values, tokens, k)
-            if self.with_rank and start == 0 and span < self.num_tokens:
+            if self.with_rank and self.scan is None and start == 0 and span < self.num_tokens:
                 order, dense_rows = _dense_first(_reach_share(maxima, target_scores))
                 state, seen, marked, marked_scores, target_scores, rank, best_scores, best_tokens = (
                     tf.gather(rows, order) for rows in (state, seen, marked, marked_scores, target_scores, rank,
