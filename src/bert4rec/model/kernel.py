@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import tensorflow as tf
@@ -43,6 +44,16 @@ def cache_dir() -> Path:
     return Path(base) / "bert4rec"
 
 
+def _clear_stale(folder: Path) -> None:
+    """Half-written libraries of builds killed over an hour ago (a running build's is newer)."""
+    for partial in folder.glob(".group_scan-*.so"):
+        try:
+            if time.time() - partial.stat().st_mtime > 3600:
+                partial.unlink()
+        except OSError:
+            pass  # gone already: another process cleared it
+
+
 def _library(compiler: str) -> Path:
     """The built library: from the cache, or compiled into it (written under a temporary name and
     renamed, so concurrent builders and a killed build leave no half-written library)."""
@@ -54,6 +65,7 @@ def _library(compiler: str) -> Path:
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(library.parent)
     handle, partial = tempfile.mkstemp(dir=library.parent, prefix=".group_scan-", suffix=".so")
     os.close(handle)
     try:

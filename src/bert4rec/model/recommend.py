@@ -9,10 +9,11 @@ of the seen items, the target and any sampled negatives are picked up; at the en
 (and PAD/MASK) that reach the target and the target itself are taken off the count (ties count
 against the target). Per chunk of blocks, the exact top-k unseen items (_chunk_top) are merged
 into the running top-k (a stable merge: equal scores keep the lower token first, as one top-k over
-the whole catalogue would). Nothing writes into the (batch x block) scores: they are read for
-group maxima and, for the count, item by item only in rows whose target most groups reach (the
-others count inside the groups that reach it). A target's own score comes from the same matmul
-kernel as the block scores, so the comparisons are exact."""
+the whole catalogue would). Nothing writes into the (batch x block) scores. Where the fused
+kernel builds (model/kernel.py) one read of them gives the group maxima and the counts; elsewhere
+TensorFlow's ops read them for the group maxima and again for the count, item by item only in rows
+whose target most groups reach (the others count inside the groups that reach it). A target's own
+score comes from the same matmul kernel as the block scores, so the comparisons are exact."""
 
 from __future__ import annotations
 
