@@ -89,7 +89,7 @@ def group_scan_op():
         try:
             return tf.load_op_library(str(_library(compiler)))
         except subprocess.CalledProcessError as error:
-            why = f"the compiler failed: {(error.stderr or '').strip().splitlines()[-1:]}"
+            why = "the compiler failed: " + ((error.stderr or "").strip().splitlines() or ["no message"])[-1]
         except (OSError, subprocess.TimeoutExpired, tf.errors.OpError) as error:
             why = f"{type(error).__name__}: {error}"
     log.warning("ranked scoring uses TensorFlow's own ops (same results, slower on large catalogues): "

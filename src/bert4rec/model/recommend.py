@@ -290,16 +290,15 @@ class Recommender:
         self.with_rank = with_rank
         # the ranked pass takes maxima and counts in one read where the fused kernel builds (never
         # the top-k-only pass, which the SavedModel exports: it stays plain TensorFlow)
-        self.scan = kernel.group_scan_op() if with_rank and fused else None
+        self.fused = with_rank and fused and kernel.group_scan_op() is not None
         self.run = tf.function(self._run, input_signature=SIGNATURE)
 
     def _scan_block(self, block_scores, target_scores, dense_rows):
         """(the block as groups, their maxima, each row's count of scores reaching its target's,
         dense_rows: how many leading rows TensorFlow's ops count item by item, set at the first block)."""
         layout = _groups(block_scores)
-        if self.scan is not None:
-            maxima, counted = self.scan.bert4rec_group_scan(tf.reshape(layout, [tf.shape(layout)[0], -1]),
-                                                            target_scores)
+        if self.fused:
+            maxima, counted = kernel.group_scan(tf.reshape(layout, [tf.shape(layout)[0], -1]), target_scores)
             return layout, maxima, counted, dense_rows
         maxima = tf.reduce_max(layout, 2)
         if not self.with_rank:
@@ -340,7 +339,7 @@ class Recommender:
             maxima = tf.concat(maxima, 1)
             values, tokens = _chunk_top(scores, layouts, maxima, start, self.chunk_items, seen, k)
             best_scores, best_tokens = _merge_top(best_scores, best_tokens, values, tokens, k)
-            if self.with_rank and self.scan is None and start == 0 and span < self.num_tokens:
+            if self.with_rank and not self.fused and start == 0 and span < self.num_tokens:
                 order, dense_rows = _dense_first(_reach_share(maxima, target_scores))
                 state, seen, marked, marked_scores, target_scores, rank, best_scores, best_tokens = (
                     tf.gather(rows, order) for rows in (state, seen, marked, marked_scores, target_scores, rank,
