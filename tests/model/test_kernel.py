@@ -56,11 +56,3 @@ def test_a_failing_compiler_means_tensorflow_ops_said_once_and_no_debris(fresh_k
     assert len(said) == 1 and "the compiler failed" in said[0]
     assert [path.name for path in (tmp_path / "bert4rec").iterdir()] == []
 
-
-def test_a_build_killed_long_ago_is_cleared_a_running_one_is_not(tmp_path):
-    old, running = tmp_path / ".group_scan-old.so", tmp_path / ".group_scan-now.so"
-    old.write_bytes(b"half")
-    running.write_bytes(b"half")
-    os.utime(old, (1, 1))
-    kernel._clear_stale(tmp_path)
-    assert sorted(path.name for path in tmp_path.iterdir()) == [running.name]

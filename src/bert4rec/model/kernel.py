@@ -16,11 +16,12 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import tensorflow as tf
+
+from bert4rec.errors import UserError
+from bert4rec.fileio import atomic_file
 
 SOURCE = Path(__file__).with_name("group_scan.cc")
 SWITCH = "BERT4REC_FUSED_SCAN"
@@ -44,19 +45,9 @@ def cache_dir() -> Path:
     return Path(base) / "bert4rec"
 
 
-def _clear_stale(folder: Path) -> None:
-    """Half-written libraries of builds killed over an hour ago (a running build's is newer)."""
-    for partial in folder.glob(".group_scan-*.so"):
-        try:
-            if time.time() - partial.stat().st_mtime > 3600:
-                partial.unlink()
-        except OSError:
-            pass  # gone already: another process cleared it
-
-
 def _library(compiler: str) -> Path:
-    """The built library: from the cache, or compiled into it (written under a temporary name and
-    renamed, so concurrent builders and a killed build leave no half-written library)."""
+    """The built library: from the cache, or compiled into it (through a temporary, so concurrent
+    builders and a killed build leave no half-written library)."""
     flags = ["-shared", "-fPIC", "-O3", "-march=native", "-w",
              *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
     key = hashlib.sha256("\n".join([SOURCE.read_text(), tf.__version__, compiler, *flags, _cpu_flags()])
@@ -64,17 +55,10 @@ def _library(compiler: str) -> Path:
     library = cache_dir() / f"group_scan-{key}.so"
     if library.exists():
         return library
-    library.parent.mkdir(parents=True, exist_ok=True)
-    _clear_stale(library.parent)
-    handle, partial = tempfile.mkstemp(dir=library.parent, prefix=".group_scan-", suffix=".so")
-    os.close(handle)
-    try:
+    with atomic_file(library) as partial:  # a killed build's temporary goes with the next build
         log.info("building the fused scoring kernel (once, ~15 s) into %s", library.parent)
-        subprocess.run([compiler, str(SOURCE), "-o", partial, *flags], check=True, capture_output=True,
+        subprocess.run([compiler, str(SOURCE), "-o", str(partial), *flags], check=True, capture_output=True,
                        text=True, timeout=600)
-        os.replace(partial, library)
-    finally:
-        Path(partial).unlink(missing_ok=True)
     return library
 
 
@@ -90,7 +74,7 @@ def group_scan_op():
             return tf.load_op_library(str(_library(compiler)))
         except subprocess.CalledProcessError as error:
             why = "the compiler failed: " + ((error.stderr or "").strip().splitlines() or ["no message"])[-1]
-        except (OSError, subprocess.TimeoutExpired, tf.errors.OpError) as error:
+        except (OSError, UserError, subprocess.TimeoutExpired, tf.errors.OpError) as error:
             why = f"{type(error).__name__}: {error}"
     log.warning("ranked scoring uses TensorFlow's own ops (same results, slower on large catalogues): "
                 "the fused kernel is not available: %s", why)
