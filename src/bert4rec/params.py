@@ -162,14 +162,19 @@ class ModelParams(Section):
     initializer_range: float = Field(0.02, gt=0.0)
     max_position_embeddings: int = Field(200, gt=0)
     layer_norm: Literal["post", "pre"] = "pre"  # pre: norm before each sublayer (learns faster); post: BERT
+    # transformer: x + sublayer, feed-forward with hidden_act. ligr (the LiGR layer of eSASRec):
+    # pre-norm, each sublayer's output gated by sigmoid(linear(x)), a SwiGLU feed-forward.
+    block: Literal["transformer", "ligr"] = "transformer"
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "ModelParams":
+    def _consistent(self) -> "ModelParams":
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads})"
             )
+        if self.block == "ligr" and self.layer_norm != "pre":
+            raise ValueError("block 'ligr' normalizes before each sublayer: it needs layer_norm 'pre'")
         return self
 
 
@@ -288,7 +293,7 @@ def default_model_name(params: Params) -> str:
     `dvc exp run -S train_val.num_train_steps=200`) keep the model folder the pipeline declares.
     """
     t, m = params.tfrecord, params.train_val.model
-    name = f"hs{m.hidden_size}_l{m.num_hidden_layers}_msl{t.max_seq_length}"
+    name = f"hs{m.hidden_size}_l{m.num_hidden_layers}_msl{t.max_seq_length}" + ("_ligr" if m.block == "ligr" else "")
     return f"{params.train_val.objective}_{name}" + (f"_mpps{t.max_predictions_per_seq}" if params.train_val.objective == "masked" else "")
 
 

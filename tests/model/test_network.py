@@ -14,10 +14,13 @@ PARAMS = ModelParams(hidden_size=16, num_attention_heads=2, intermediate_size=32
 NUM_TOKENS = 2 + 30
 
 
-@pytest.fixture(scope="module", params=["post", "pre"])
+BLOCKS = [{"layer_norm": "post"}, {"layer_norm": "pre"}, {"block": "ligr"}]
+
+
+@pytest.fixture(scope="module", params=BLOCKS, ids=["post", "pre", "ligr"])
 def model(request):
     keras.utils.set_random_seed(0)
-    return build_model(NUM_TOKENS, PARAMS.model_copy(update={"layer_norm": request.param}))
+    return build_model(NUM_TOKENS, PARAMS.model_copy(update=request.param))
 
 
 def test_last_only_encoding_equals_the_full_encoding_at_the_last_position(model):
@@ -87,9 +90,10 @@ def test_popularity_sampler_gives_specials_no_mass():
     np.testing.assert_allclose(probability[FIRST_ITEM:], [0.75, 0.25], rtol=1e-6)
 
 
-def test_the_causal_encoder_hides_later_items():
+@pytest.mark.parametrize("block", ["transformer", "ligr"])
+def test_the_causal_encoder_hides_later_items(block):
     keras.utils.set_random_seed(0)
-    causal = build_model(NUM_TOKENS, PARAMS, causal=True)
+    causal = build_model(NUM_TOKENS, PARAMS.model_copy(update={"block": block}), causal=True)
     ids, _, _ = batch()
     changed = ids.numpy().copy()
     changed[:, 8] = (changed[:, 8] + 1 - FIRST_ITEM) % (NUM_TOKENS - FIRST_ITEM) + FIRST_ITEM
@@ -173,3 +177,29 @@ def test_full_softmax_of_no_rows_is_zero_with_zero_gradients():
         grads = tape.gradient(value, [rows, table, bias])
         assert float(value) == 0.0 and grads[0].shape == (0, 3)
         assert not np.any(grads[1].numpy()) and not np.any(grads[2].numpy())
+
+
+def test_ligr_blocks_gate_both_residuals_and_feed_forward_with_swiglu():
+    keras.utils.set_random_seed(0)
+    ligr = build_model(NUM_TOKENS, PARAMS.model_copy(update={"block": "ligr"}))
+    block = ligr.blocks[0]
+    shapes = {variable.path.split("/", 2)[-1]: tuple(variable.shape) for variable in block.weights}
+    hidden, inner = PARAMS.hidden_size, PARAMS.intermediate_size
+    assert shapes["inner/kernel"] == (hidden, 2 * inner) and shapes["outer/kernel"] == (inner, hidden)
+    assert shapes["attention_gate/kernel"] == shapes["output_gate/kernel"] == (hidden, hidden)
+    x = tf.constant(np.random.default_rng(1).normal(size=(2, 5, hidden)), tf.float32)
+    bias = tf.zeros((2, 1, 1, 5))
+    attended = x + block.attention_gate(x) * block.attention(block.attention_norm(x), bias)
+    normed = block.output_norm(attended)
+    gate, value = np.split(block.inner(normed).numpy(), 2, axis=-1)
+    swiglu = gate / (1 + np.exp(-gate)) * value
+    fed = swiglu @ block.outer.kernel.numpy() + block.outer.bias.numpy()
+    expected = attended.numpy() + block.output_gate(attended).numpy() * fed
+    np.testing.assert_allclose(block(x, bias).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_ligr_needs_pre_norm():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="needs layer_norm 'pre'"):
+        ModelParams(block="ligr", layer_norm="post")

@@ -13,10 +13,12 @@ def encoder_flops(params: TrainValParams, batch: int, width: int) -> float:
     """Forward FLOPs of the encoder over a (batch, width) block (padding included: it is computed)."""
     m = params.model
     hidden, inner, tokens = m.hidden_size, m.intermediate_size, batch * width
+    gated = m.block == "ligr"
     per_block = (2 * tokens * hidden * 3 * hidden  # fused QKV projection
                  + 2 * 2 * batch * width * width * hidden  # scores and context, all heads together
                  + 2 * tokens * hidden * hidden  # output projection
-                 + 2 * 2 * tokens * hidden * inner)  # feed-forward in and out
+                 + 2 * (3 if gated else 2) * tokens * hidden * inner  # feed-forward (SwiGLU: two in, one out)
+                 + (2 * 2 * tokens * hidden * hidden if gated else 0))  # the two residual gates
     return m.num_hidden_layers * per_block
 
 

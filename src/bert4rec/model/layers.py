@@ -80,25 +80,45 @@ class TransformerBlock(layers.Layer):
 
     post (BERT): norm(x + sublayer(x)). pre: x + sublayer(norm(x)), which keeps an identity path
     through the stack and tolerates larger learning rates; the encoder then ends with one norm.
+    ligr (LiGR, "From Features to Transformers", 2025; eSASRec's layer): pre, but each sublayer's
+    output is scaled by a learned gate sigmoid(x W + b) of the residual stream, and the
+    feed-forward is SwiGLU: (silu(x W1) * x W3) W2.
     """
 
     def __init__(self, params: ModelParams, causal: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.pre_norm = params.layer_norm == "pre"
+        self.gated = params.block == "ligr"
         self.attention = SelfAttention(params, causal, name="attention")
         self.attention_norm = layers.LayerNormalization(epsilon=1e-6, name="attention_norm")
-        self.inner = FusedDense(params.intermediate_size, activation=params.hidden_act,
+        inner_units = 2 * params.intermediate_size if self.gated else params.intermediate_size  # SwiGLU: W1 | W3
+        self.inner = FusedDense(inner_units, activation=None if self.gated else params.hidden_act,
                                 kernel_initializer=initializer(params), name="inner")
         self.outer = FusedDense(params.hidden_size, kernel_initializer=initializer(params), name="outer")
         self.output_norm = layers.LayerNormalization(epsilon=1e-6, name="output_norm")
         self.dropout = layers.Dropout(params.hidden_dropout_prob)
+        if self.gated:
+            self.attention_gate = FusedDense(params.hidden_size, activation="sigmoid",
+                                             kernel_initializer=initializer(params), name="attention_gate")
+            self.output_gate = FusedDense(params.hidden_size, activation="sigmoid",
+                                          kernel_initializer=initializer(params), name="output_gate")
+
+    def feed_forward(self, x):
+        hidden = self.inner(x)
+        if self.gated:
+            gate, value = tf.split(hidden, 2, axis=-1)  # (its gradient is one concat, no zero-filled copies)
+            hidden = tf.nn.silu(gate) * value
+        return self.outer(hidden)
 
     def call(self, x, bias, training=None, last_only=False):
         if self.pre_norm:
-            attended = self.attention(self.attention_norm(x), bias, training=training, last_only=last_only)
-            x = (x[:, -1:] if last_only else x) + self.dropout(attended, training=training)
-            return x + self.dropout(self.outer(self.inner(self.output_norm(x))), training=training)
+            attended = self.dropout(self.attention(self.attention_norm(x), bias, training=training,
+                                                   last_only=last_only), training=training)
+            x = x[:, -1:] if last_only else x
+            x = x + (self.attention_gate(x) * attended if self.gated else attended)
+            fed = self.dropout(self.feed_forward(self.output_norm(x)), training=training)
+            return x + (self.output_gate(x) * fed if self.gated else fed)
         attended = self.attention(x, bias, training=training, last_only=last_only)
         x = x[:, -1:] if last_only else x
         x = self.attention_norm(x + self.dropout(attended, training=training))
-        return self.output_norm(x + self.dropout(self.outer(self.inner(x)), training=training))
+        return self.output_norm(x + self.dropout(self.feed_forward(x), training=training))

@@ -27,7 +27,7 @@ from bert4rec.params import ModelParams
 
 # The keys that shape the weights; dropout and initializer_range may differ.
 ARCHITECTURE = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                "max_position_embeddings", "hidden_act", "layer_norm")
+                "max_position_embeddings", "hidden_act", "layer_norm", "block")
 PER_TOKEN = ("item_embedding/embeddings", "output_bias")
 
 
