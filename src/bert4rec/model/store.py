@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from bert4rec.data.manifest import Manifest
 from bert4rec.errors import UserError
@@ -86,6 +86,13 @@ class ModelInfo(BaseModel):
     mlflow_run_id: str | None = None  # the train_val run that trained it (None: tracking off)
     parent: ParentModel | None = None  # set when fine-tuned from another model
     phases: list[PhaseRecord] | None = None  # set when trained by a fine-tuning schedule
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _blocks_before_the_key(cls, model):
+        """A model.json written before `block` existed describes transformer blocks, whatever
+        today's default is."""
+        return {"block": "transformer", **model} if isinstance(model, dict) else model
 
 
 def training_fingerprint(params: TrainValParams, manifest: Manifest) -> str:
