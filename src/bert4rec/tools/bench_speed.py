@@ -34,7 +34,7 @@ RELEASED = {
                   "mixed_precision": "off", "jit_compile": False, "learning_rate": 0.003,
                   "model": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256,
                             "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.0,
-                            "max_position_embeddings": 200, "layer_norm": "pre"}},
+                            "max_position_embeddings": 200, "layer_norm": "pre", "block": "transformer"}},
 }
 
 
