@@ -97,11 +97,9 @@ class TransformerBlock(layers.Layer):
         self.outer = FusedDense(params.hidden_size, kernel_initializer=initializer(params), name="outer")
         self.output_norm = layers.LayerNormalization(epsilon=1e-6, name="output_norm")
         self.dropout = layers.Dropout(params.hidden_dropout_prob)
-        if self.gated:
-            self.attention_gate = FusedDense(params.hidden_size, activation="sigmoid",
-                                             kernel_initializer=initializer(params), name="attention_gate")
-            self.output_gate = FusedDense(params.hidden_size, activation="sigmoid",
-                                          kernel_initializer=initializer(params), name="output_gate")
+        self.attention_gate, self.output_gate = (
+            [FusedDense(params.hidden_size, activation="sigmoid", kernel_initializer=initializer(params), name=name)
+             for name in ("attention_gate", "output_gate")] if self.gated else [None, None])
 
     def feed_forward(self, x):
         hidden = self.inner(x)
@@ -110,14 +108,18 @@ class TransformerBlock(layers.Layer):
             hidden = tf.nn.silu(gate) * value
         return self.outer(hidden)
 
+    @staticmethod
+    def residual(x, update, gate):
+        """x + update; in a LiGR block the update is first scaled by gate(x)."""
+        return x + (gate(x) * update if gate is not None else update)
+
     def call(self, x, bias, training=None, last_only=False):
         if self.pre_norm:
             attended = self.dropout(self.attention(self.attention_norm(x), bias, training=training,
                                                    last_only=last_only), training=training)
-            x = x[:, -1:] if last_only else x
-            x = x + (self.attention_gate(x) * attended if self.gated else attended)
-            fed = self.dropout(self.feed_forward(self.output_norm(x)), training=training)
-            return x + (self.output_gate(x) * fed if self.gated else fed)
+            x = self.residual(x[:, -1:] if last_only else x, attended, self.attention_gate)
+            return self.residual(x, self.dropout(self.feed_forward(self.output_norm(x)), training=training),
+                                 self.output_gate)
         attended = self.attention(x, bias, training=training, last_only=last_only)
         x = x[:, -1:] if last_only else x
         x = self.attention_norm(x + self.dropout(attended, training=training))
