@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import multiprocessing.util
 import os
 import signal
 import sys
@@ -73,17 +72,17 @@ def _worker_exit(signum, frame):
     raise SystemExit(128 + signal.SIGTERM)
 
 
-def exit_on_sigterm() -> None:
-    """Pool initializer of a spawned worker (which starts with the default handler): SIGTERM exits
-    through SystemExit, as in a worker forked under sigterm_unwinds. Once the worker's work is
-    over (multiprocessing runs its exit finalizers), SIGTERM ends it at once: a SystemExit raised
-    in the threading shutdown that follows would print a traceback into the stage's log."""
-    signal.signal(signal.SIGTERM, _worker_exit)
-    multiprocessing.util.Finalize(None, signal.signal, args=(signal.SIGTERM, _exit_now), exitpriority=100)
+def exit_on_signal() -> None:
+    """Initializer of a spawned pool worker: SIGTERM or Ctrl-C ends it at once. The pool
+    (concurrent.futures) sees a worker gone and stops the others; the stage itself unwinds in the
+    main process, which got the same signal. A worker that unwound instead would report the
+    interrupt as its shard's result and go on to the next shard."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_now)
 
 
 def _exit_now(signum, frame):
-    os._exit(128 + signal.SIGTERM)
+    os._exit(128 + signum)
 
 
 def usage() -> str:

@@ -1,6 +1,7 @@
 """Faults while the data and model stages run (slow: `make check-faults`).
 
 - SIGKILL of raw / tfrecord mid-run leaves the dead run's temporaries; the rerun removes them.
+- SIGKILL of one tfrecord worker (the out-of-memory killer) stops the stage with one error.
   A temporary of a stage that is still running is never removed by another run.
 - SIGTERM to a stage's process group (a scheduler, a container stop) unwinds it as Ctrl-C does:
   `terminated`, exit 143, no temporaries, the earlier outputs untouched.
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from bert4rec import fileio
@@ -72,10 +74,24 @@ def temporaries(project: Path) -> list[str]:
     return sorted(str(p.relative_to(project)) for p in project.rglob("*") if fileio.TEMPORARY.match(p.name))
 
 
-def rerun(stage: str, project: Path) -> None:
-    result = subprocess.run([str(BIN / "bert4rec"), stage, "--project", str(project)], capture_output=True, text=True,
-                            env={**os.environ, "BERT4REC_TRACKING": "off"})
-    assert result.returncode == 0, result.stderr[-3000:]
+def rerun(stage: str, project: Path, timeout: float = 600) -> None:
+    """Run a stage to the end. Its output goes to a file, not a pipe that a leftover process could
+    hold open; past `timeout` the failure shows what its process group was doing."""
+    log = project.parent / f"{stage}-rerun.log"
+    process = start(stage, project, log)
+    try:
+        assert process.wait(timeout=timeout) == 0, log.read_text()[-3000:]
+    except subprocess.TimeoutExpired:
+        group = subprocess.run(["ps", "-o", "pid,stat,etime,args", "-g", str(process.pid)], capture_output=True,
+                               text=True).stdout
+        kill(process)
+        raise AssertionError(f"{stage} still running after {timeout}s:\n{group}\n{log.read_text()[-3000:]}") from None
+
+
+def workers_of(process: subprocess.Popen) -> list[psutil.Process]:
+    """The pool workers a stage spawned (not multiprocessing's resource tracker)."""
+    return [child for child in psutil.Process(process.pid).children()
+            if "spawn_main" in " ".join(child.cmdline())]
 
 
 @pytest.mark.parametrize("killed_while_writing", ["raw-spill", "sequences.parquet"])
@@ -109,6 +125,25 @@ def test_killed_tfrecord_leaves_temporaries_that_the_rerun_removes(tmp_path, big
     assert sorted(p.name for p in processed.iterdir()) == ["records"]
 
 
+def test_a_killed_tfrecord_worker_stops_the_stage_with_one_error(tmp_path, big_input):
+    """The kernel's out-of-memory killer takes one worker: the stage says so and exits 2 (it does not
+    wait forever for the lost shard), the other worker goes too, and nothing is left behind."""
+    project = make_project(tmp_path / "p", big_input, tfrecord={"pool_size": 2, "num_shards": 4})
+    rerun("raw", project)
+    log = tmp_path / "tfrecord.log"
+    process = start("tfrecord", project, log)
+    wait_for(project / "data" / "processed", "records", process, log)
+    workers = workers_of(process)
+    assert len(workers) == 2, workers
+    workers[0].kill()
+    assert process.wait(timeout=120) == 2, log.read_text()[-2000:]
+    assert group_is_gone(process.pid), "a worker outlived the stage"
+    message = single_error(log.read_text())
+    assert "worker process died" in message and "tfrecord.pool_size" in message, message
+    assert temporaries(project) == []
+    assert not (project / "data" / "processed").exists() or list((project / "data" / "processed").iterdir()) == []
+
+
 def file_digests(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -129,8 +164,7 @@ def group_is_gone(pgid: int, timeout: float = 30) -> bool:
                                                    ("tfrecord", "data/processed", "records")])
 def test_sigterm_unwinds_a_stage_and_its_workers(tmp_path, big_input, stage, folder, prefix):
     """For tfrecord the signal comes once the third of 3 shards is being written, when one worker
-    may be waiting, idle, on the pool's queue (the workers unwind instead of dying outright, so
-    none can leave the queue's lock held for the pool's shutdown)."""
+    may be waiting, idle, on the pool's queue."""
     project = make_project(tmp_path / "p", big_input, tfrecord={"pool_size": 2, "num_shards": 3})
     rerun("raw", project)
     if stage == "tfrecord":

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from bert4rec.cli import exit_on_sigterm
+from bert4rec.cli import exit_on_signal
 from bert4rec.data.examples import ShardJob, build_shard, feature_spec
 from bert4rec.data.manifest import NO_EFFECT_ON_OUTPUT, Manifest, Shard, Split, UnknownItems, VocabularyRef
 from bert4rec.data.records import FIRST_ITEM, MASK, PAD, shard_name
@@ -69,14 +71,7 @@ def _write_records(paths: ProjectPaths, params: Params, vocab_size: int, windows
     tf_params, task = params.tfrecord, params.raw.task
     jobs = [ShardJob(s, paths.sequences, paths.item_vocab, out, tf_params, task, windows)
             for s in range(tf_params.num_shards)]
-    workers = min(tf_params.pool_size, tf_params.num_shards)
-    if workers > 1:
-        # spawn, not fork: the caller may run threads (MLflow's; TensorFlow's in a test or a notebook),
-        # and a child forked while one of them holds a lock deadlocks (it hung CI); workers import only data code
-        with multiprocessing.get_context("spawn").Pool(workers, initializer=exit_on_sigterm) as pool:
-            results = list(progress(pool.imap(build_shard, jobs), total=len(jobs), desc="tfrecord: shards"))
-    else:
-        results = [build_shard(job) for job in progress(jobs, desc="tfrecord: shards")]
+    results = _build_shards(jobs, min(tf_params.pool_size, tf_params.num_shards))
     return Manifest(
         task=task, masking=tf_params.masking, params=tf_params,
         params_hash=params_hash(tf_params, exclude=NO_EFFECT_ON_OUTPUT),
@@ -91,6 +86,23 @@ def _write_records(paths: ProjectPaths, params: Params, vocab_size: int, windows
         split_method=params.raw.split,
         split_dates=None if windows is None else split_dates(params.raw),
     )
+
+
+def _build_shards(jobs: list[ShardJob], workers: int) -> list[dict]:
+    if workers == 1:
+        return [build_shard(job) for job in progress(jobs, desc="tfrecord: shards")]
+    # spawn, not fork: the caller may run threads (MLflow's; TensorFlow's in a test or a notebook),
+    # and a child forked while one of them holds a lock deadlocks; workers import only data code.
+    # concurrent.futures, not multiprocessing.Pool: a worker killed from outside (the kernel's
+    # out-of-memory killer) breaks the pool with an error, where Pool waits for its shard forever.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=exit_on_signal)
+    try:
+        return list(progress(pool.map(build_shard, jobs), total=len(jobs), desc="tfrecord: shards"))
+    except BrokenProcessPool:
+        raise UserError(f"a tfrecord worker process died before finishing its shard (killed from outside; out of "
+                        f"memory?); nothing was written. Rerun, or lower tfrecord.pool_size ({workers})") from None
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _split(split: str, results: list[dict], out: Path, tf_params) -> Split:
