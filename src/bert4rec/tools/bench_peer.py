@@ -1,5 +1,7 @@
-"""Peer benchmark: RecTools' BERT4Rec and SASRec (PyTorch, CPU build) beside ours on the same ML-1M
-leave-one-out split, the same model size and the same wall-clock training budget.
+"""Peer benchmark: RecTools' BERT4Rec and SASRec beside ours on ML-1M, same size and budget.
+
+RecTools (PyTorch, CPU build) trains on the same leave-one-out split as ours, with the same model
+size and the same wall-clock training budget.
 
 RecTools is installed into its own virtualenv (<work>/venv), never into ours. Each peer model
 runs as its own process (tools/peer_rectools.py): trained for the budget, then top-10 for all

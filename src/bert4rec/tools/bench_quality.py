@@ -1,5 +1,7 @@
-"""Quality benchmark: ML-1M through raw -> tfrecord -> train_val -> test -> inference, with the
-params defaults (what a user gets); only the data, the objective and the time budget are set.
+"""Quality benchmark: ML-1M through all five stages with the params defaults (what a user gets).
+
+raw -> tfrecord -> train_val -> test -> inference; only the data, the objective and the time
+budget are set.
 
 Protocol of the published results (anchors.md): leave-one-out, full ranking over all items,
 seen items removed, all 6,040 users. Each stage runs as its own process (peak memory sampled,

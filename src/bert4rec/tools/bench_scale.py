@@ -1,7 +1,9 @@
-"""Scale benchmark: a synthetic log with the predecessor's 668,438-item catalogue through all five
-stages (time-boxed training, sampled softmax), at 1,000,000 and 250,000 users, so growth with the
-number of users is visible. Each stage runs as its own process; wall time and peak memory per
-stage, training sequences/s, test and inference users/s go to bench/scale.json.
+"""Scale benchmark: the predecessor's 668,438-item catalogue through all five stages.
+
+A synthetic log of that catalogue (time-boxed training, sampled softmax), at 1,000,000 and 250,000
+users, so growth with the number of users is visible. Each stage runs as its own process; wall
+time and peak memory per stage, training sequences/s, test and inference users/s go to
+bench/scale.json.
 """
 
 from __future__ import annotations

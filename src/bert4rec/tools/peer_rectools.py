@@ -1,7 +1,8 @@
-"""The peer's side of `bert4rec bench-peer`, run by the Python of the peer's own virtualenv (it
-imports RecTools, PyTorch and pandas, nothing of bert4rec): one RecTools transformer trained on
-the split bench-peer wrote, for a wall-clock budget, then top-10 for every test user with seen
-items filtered. Writes recommendations.csv (user, item, rank) and peer.json (its own metrics,
+"""The peer's side of `bert4rec bench-peer`: one RecTools model trained, then its top-10 written.
+
+Run by the Python of the peer's own virtualenv (it imports RecTools, PyTorch and pandas, nothing
+of bert4rec): one RecTools transformer trained on the split bench-peer wrote, for a wall-clock
+budget, then top-10 for every test user with seen items filtered. Writes recommendations.csv (user, item, rank) and peer.json (its own metrics,
 training and inference speed, peak memory).
 """
 
