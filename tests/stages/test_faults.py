@@ -1,8 +1,8 @@
 """Faults while the data and model stages run (slow: `make check-faults`).
 
 - SIGKILL of raw / tfrecord mid-run leaves the dead run's temporaries; the rerun removes them.
-- SIGKILL of one tfrecord worker (the out-of-memory killer) stops the stage with one error.
   A temporary of a stage that is still running is never removed by another run.
+- SIGKILL of one tfrecord worker (the out-of-memory killer) stops the stage with one error.
 - SIGTERM to a stage's process group (a scheduler, a container stop) unwinds it as Ctrl-C does:
   `terminated`, exit 143, no temporaries, the earlier outputs untouched.
 - A full disk (a small tmpfs mounted here) at any write: one error naming the path, exit 2, and

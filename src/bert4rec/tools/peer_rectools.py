@@ -2,8 +2,8 @@
 
 Run by the Python of the peer's own virtualenv (it imports RecTools, PyTorch and pandas, nothing
 of bert4rec): one RecTools transformer trained on the split bench-peer wrote, for a wall-clock
-budget, then top-10 for every test user with seen items filtered. Writes recommendations.csv (user, item, rank) and peer.json (its own metrics,
-training and inference speed, peak memory).
+budget, then top-10 for every test user with seen items filtered. Writes recommendations.csv
+(user, item, rank) and peer.json (its own metrics, training and inference speed, peak memory).
 """
 
 from __future__ import annotations
