@@ -52,7 +52,7 @@ def measure(command: list[str], log: Path | None = None, tracking: bool = False)
     """
     env = {**os.environ, "BERT4REC_TRACKING": "on" if tracking else "off"}
     out = open(log, "w") if log else subprocess.DEVNULL
-    started = time.perf_counter()
+    started, process = time.perf_counter(), None
     try:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE,
                                    env=env, text=True)
@@ -69,6 +69,8 @@ def measure(command: list[str], log: Path | None = None, tracking: bool = False)
             time.sleep(0.05)
         stderr = process.stderr.read() if process.stderr else ""
     finally:
+        if process is not None and process.poll() is None:
+            stop(process)
         if log:
             out.close()
     if process.returncode:
@@ -76,6 +78,18 @@ def measure(command: list[str], log: Path | None = None, tracking: bool = False)
         raise UserError(f"benchmark step failed (exit {process.returncode}): {' '.join(command)}{where}")
     return {"wall_s": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak_rss / 2**20),
             "peak_pss_mb": round(peak_pss / 2**20)}
+
+
+def stop(process: subprocess.Popen, grace_seconds: float = 30.0) -> None:
+    """The benchmark was interrupted: SIGTERM its running stage, which removes its temporaries as a
+    stage stopped by the user does, then SIGKILL it if it has not gone within the grace period.
+    Without this a benchmark stopped with `kill` left its stage training on alone."""
+    process.terminate()
+    try:
+        process.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def run_stage(stage: str, project: Path, logs: Path | None = None, tracking: bool = False) -> dict:
