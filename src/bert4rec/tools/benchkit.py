@@ -3,6 +3,7 @@ meter for a command's wall time and peak memory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import psutil
 import yaml
 
+from bert4rec.cli import Terminated
 from bert4rec.errors import UserError
 from bert4rec.params import merge
 
@@ -68,9 +70,11 @@ def measure(command: list[str], log: Path | None = None, tracking: bool = False)
             tick += 1
             time.sleep(0.05)
         stderr = process.stderr.read() if process.stderr else ""
+    except KeyboardInterrupt as interrupt:
+        if process is not None:
+            stop(process, interrupt)
+        raise
     finally:
-        if process is not None and process.poll() is None:
-            stop(process)
         if log:
             out.close()
     if process.returncode:
@@ -80,16 +84,22 @@ def measure(command: list[str], log: Path | None = None, tracking: bool = False)
             "peak_pss_mb": round(peak_pss / 2**20)}
 
 
-def stop(process: subprocess.Popen, grace_seconds: float = 30.0) -> None:
-    """The benchmark was interrupted: SIGTERM its running stage, which removes its temporaries as a
-    stage stopped by the user does, then SIGKILL it if it has not gone within the grace period.
+def stop(process: subprocess.Popen, interrupt: KeyboardInterrupt, grace_seconds: float = 30.0) -> None:
+    """The benchmark was interrupted: make its running stage unwind too (it removes its temporaries
+    as a stage stopped by the user does), SIGKILL it past the grace period. Ctrl-C in a terminal
+    reached the stage as well (one process group), so it is given the grace period to end alone:
+    a SIGTERM on top would interrupt its cleanup. A SIGTERM reached the benchmark only: passed on.
     Without this a benchmark stopped with `kill` left its stage training on alone."""
-    process.terminate()
-    try:
-        process.wait(grace_seconds)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    if not isinstance(interrupt, Terminated):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace_seconds)
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def run_stage(stage: str, project: Path, logs: Path | None = None, tracking: bool = False) -> dict:
