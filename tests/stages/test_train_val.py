@@ -92,7 +92,7 @@ def test_mirrored_strategy_over_two_logical_cpus(trained, tmp_path):
     shutil.copytree(trained, project, symlinks=True)
     shutil.rmtree(project / "models")
     set_params(project, train_val={"distribution": "mirrored", "num_train_steps": 6, "eval_every_steps": 6,
-                                   "model_name": "mirrored"})
+                                   "model_name": "mirrored", "weight_average_decay": 0.9})
     env = {**os.environ, "BERT4REC_TRACKING": "off"}
     done = subprocess.run([sys.executable, "-c", MIRRORED, str(project)], env=env, capture_output=True, text=True,
                           cwd=REPO, timeout=300)
@@ -141,13 +141,14 @@ def test_validation_on_a_sample_during_training_and_on_everyone_at_the_end(tmp_p
 
 
 def test_a_killed_run_resumes_to_the_same_result(tmp_path):
-    """deterministic_ops: killed at a random checkpoint and run again == never interrupted (dropout on)."""
+    """deterministic_ops: killed at a random checkpoint and run again == never interrupted (dropout
+    and weight averaging on: the averages come back from the checkpoint too)."""
     import random
     import signal
     import time
 
     settings = dict(num_train_steps=60, eval_every_steps=30, save_checkpoints_steps=5, deterministic_ops=True,
-                    model={**TINY["model"], "hidden_dropout_prob": 0.1})
+                    weight_average_decay=0.9, model={**TINY["model"], "hidden_dropout_prob": 0.1})
     whole = new_project(tmp_path / "whole", model_name="m", **settings)
     assert run("train_val", whole) == 0
     project = new_project(tmp_path / "killed", model_name="m", **settings)
@@ -176,6 +177,23 @@ def test_causal_objective_learns_the_pattern(tmp_path):
     assert valid["ndcg_at_10"] > 1.3 * most_popular_valid_ndcg(project), valid["ndcg_at_10"]
     assert read_json(model_dir(project, "causal") / "model.json", "model")["objective"] == "causal"
     assert run("inference", project) == 0 and run("test", project) == 0
+
+
+def test_weight_averaging_validates_and_keeps_the_average(tmp_path):
+    """The saved model is the moving average at its best validation, not the last weights; the
+    weights' own validation is logged beside the average's."""
+    project = new_project(tmp_path, model_name="avg", objective="causal", weight_average_decay=0.99,
+                          num_train_steps=300, eval_every_steps=100, early_stopping_patience=0)
+    assert run("train_val", project) == 0
+    valid = read_json(model_dir(project, "avg") / "valid_metrics.json", "valid metrics")
+    assert valid["ndcg_at_10"] > 1.3 * most_popular_valid_ndcg(project), valid["ndcg_at_10"]
+    curves = pd.read_csv(project / "results" / "avg" / "train_val_curves.csv").dropna(subset=["valid_ndcg_at_10"])
+    assert list(curves["step"]) == [100, 200, 300] and curves["valid_raw_ndcg_at_10"].notna().all()
+    assert not np.allclose(curves["valid_raw_ndcg_at_10"], curves["valid_ndcg_at_10"])
+    saved = np.load(model_dir(project, "avg") / "weights.npz")
+    checkpoint = np.load(model_dir(project, "avg") / "checkpoints" / "ckpt-300.npz")
+    assert any(key.startswith("average/") for key in checkpoint.files)
+    assert not all(np.array_equal(saved[key], checkpoint[key]) for key in saved.files)
 
 
 def test_causal_objective_with_sampled_softmax_buckets_and_bfloat16(tmp_path):

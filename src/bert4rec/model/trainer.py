@@ -9,6 +9,7 @@ name and never half-written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import tensorflow as tf
 from bert4rec.data.manifest import Manifest
 from bert4rec.errors import UserError
 from bert4rec.model import inputs, store
+from bert4rec.model.averaging import WeightAverage
 from bert4rec.model.distribute import Worker, common_step
 from bert4rec.model.loss import causal_item_loss, masked_item_loss, sampling_log_q
 from bert4rec.model.network import build_model
@@ -111,6 +113,8 @@ class Trainer:
         with self.strategy.scope():
             self.model = build_model(manifest.num_tokens, params.model, causal=params.objective == "causal")
             self.optimizer = self._make_optimizer()
+            self.average = (WeightAverage(self.model.trainable_variables, params.weight_average_decay)
+                            if params.weight_average_decay else None)
         self.log_q = tf.constant(sampling_log_q(item_counts, manifest.num_tokens, params.negative_sampling))
         self.state = LoopState()
         self._clock = time.monotonic()
@@ -159,7 +163,7 @@ class Trainer:
 
     def _make_step(self):
         params, model, optimizer, strategy = self.params, self.model, self.optimizer, self.strategy
-        log_q, replicas = self.log_q, self.replicas
+        log_q, replicas, average = self.log_q, self.replicas, self.average
         # XLA fuses the encoder's many small element-wise ops; one compilation per batch width
         encode = tf.function(model.encode, jit_compile=True) if params.jit_compile else None
         variables = model.trainable_variables if self.train_variables is None else self.train_variables
@@ -185,6 +189,8 @@ class Trainer:
         @tf.function(reduce_retracing=True)
         def train_step(batch, step):
             losses = strategy.run(replica_step, args=(batch, step))
+            if average is not None:
+                average.update(step)
             return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
 
         return train_step
@@ -295,19 +301,26 @@ class Trainer:
                  time.monotonic() - started)
         self._report({"train_loss": loss, "learning_rate": rate}, "train")
 
+    def averaged(self):
+        """A block in which the model holds the averaged weights (or its own, without averaging)."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
+
     def _validate(self, validate) -> dict:
         state, patience = self.state, self.params.early_stopping_patience
-        metrics = validate(self.model)
-        if metrics["ndcg_at_10"] > state.best_metric:
-            state.best_metric, state.best_step, state.evals_without_improvement = metrics["ndcg_at_10"], state.step, 0
-            self.best_weights = self.model.get_weights()
-            store.save_arrays(self.checkpoint_dir / "best.npz", store.weights_to_arrays(self.best_weights, "model/"))
-        else:
-            state.evals_without_improvement += 1
+        raw = {f"raw_{k}": v for k, v in validate(self.model).items()} if self.average is not None else {}
+        with self.averaged():
+            metrics = validate(self.model)
+            if metrics["ndcg_at_10"] > state.best_metric:
+                state.best_metric, state.best_step, state.evals_without_improvement = metrics["ndcg_at_10"], state.step, 0
+                self.best_weights = self.model.get_weights()
+                store.save_arrays(self.checkpoint_dir / "best.npz", store.weights_to_arrays(self.best_weights, "model/"))
+            else:
+                state.evals_without_improvement += 1
         state.stopped_early = bool(patience) and state.evals_without_improvement >= patience
-        log.info("step %d: valid ndcg_at_10 %.4f hit_at_10 %.4f on %s (best %.4f at step %d)", state.step,
-                 metrics["ndcg_at_10"], metrics["hit_at_10"], validate.label, state.best_metric, state.best_step)
-        self._report({**{f"valid_{k}": v for k, v in metrics.items()}, "train_seconds": round(self.elapsed(), 1),
+        log.info("step %d: valid ndcg_at_10 %.4f hit_at_10 %.4f on %s (best %.4f at step %d)%s", state.step,
+                 metrics["ndcg_at_10"], metrics["hit_at_10"], validate.label, state.best_metric, state.best_step,
+                 f"; weights not averaged: ndcg_at_10 {raw['raw_ndcg_at_10']:.4f}" if raw else "")
+        self._report({**{f"valid_{k}": v for k, v in {**metrics, **raw}.items()}, "train_seconds": round(self.elapsed(), 1),
                       "sequences_seen": state.step * self.params.batch_size * self.replicas}, "valid")
         return metrics
 
@@ -327,6 +340,7 @@ class Trainer:
         arrays = {**store.weights_to_arrays(self.model.get_weights(), "model/"),
                   **store.weights_to_arrays([v.numpy() for v in self.optimizer.variables], "optimizer/"),
                   **store.weights_to_arrays([v.numpy() for v in self._random_states()], "random/"),
+                  **store.weights_to_arrays(self.average.values() if self.average else [], "average/"),
                   **self.state.to_arrays()}
         path = self.checkpoint_dir / f"ckpt-{self.state.step}.npz"
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -363,4 +377,10 @@ class Trainer:
         states = store.arrays_to_weights(arrays, "random/")
         for variable, value in zip(self._random_states(), states):  # absent in older checkpoints
             variable.assign(value)
+        if self.average is not None:  # a checkpoint saved without averaging starts it from its weights
+            averages = store.arrays_to_weights(arrays, "average/")
+            if averages:
+                self.average.load(averages)
+            else:
+                self.average.reset()
         self.state = LoopState.from_arrays(arrays)
