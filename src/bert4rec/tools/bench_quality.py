@@ -66,12 +66,19 @@ def inference_speed(project: Path, model_name: str) -> dict:
 
 
 def validation_curve(project: Path, model_name: str) -> list[dict]:
-    """Valid NDCG@10/HR@10 at every evaluation, with training seconds and sequences seen."""
+    """Valid NDCG@10/HR@10 at every evaluation, with training seconds and sequences seen (and,
+    with weight averaging, the weights' own NDCG@10 beside the average's)."""
     with open(project / "results" / model_name / "train_val_curves.csv") as handle:
-        rows = [row for row in csv.DictReader(handle) if row.get("valid_ndcg_at_10")]
-    return [{"step": int(row["step"]), "train_seconds": float(row["train_seconds"]),
-             "sequences_seen": int(float(row["sequences_seen"])), "ndcg_at_10": round(float(row["valid_ndcg_at_10"]), 4),
-             "hit_at_10": round(float(row["valid_hit_at_10"]), 4)} for row in rows]
+        return [_curve_point(row) for row in csv.DictReader(handle) if row.get("valid_ndcg_at_10")]
+
+
+def _curve_point(row: dict) -> dict:
+    point = {"step": int(row["step"]), "train_seconds": float(row["train_seconds"]),
+             "sequences_seen": int(float(row["sequences_seen"])),
+             "ndcg_at_10": round(float(row["valid_ndcg_at_10"]), 4), "hit_at_10": round(float(row["valid_hit_at_10"]), 4)}
+    if row.get("valid_raw_ndcg_at_10"):
+        point["raw_ndcg_at_10"] = round(float(row["valid_raw_ndcg_at_10"]), 4)
+    return point
 
 
 def at_minutes(curve: list[dict], minutes: float) -> dict | None:
