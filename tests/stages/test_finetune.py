@@ -14,6 +14,8 @@ from bert4rec.fileio import read_json
 from bert4rec.model import schedule, warmstart
 from bert4rec.model.trainer import Trainer
 from bert4rec.params import Phase, load_params
+from bert4rec.paths import ProjectPaths
+from bert4rec.stages import finetune
 from bert4rec.tools import synthetic
 from helpers import make_project, run_stage, set_params
 
@@ -79,6 +81,21 @@ class Improving:
     def __call__(self, model):
         self.calls += 1
         return {"ndcg_at_10": self.calls / 100, "hit_at_10": 0.0}
+
+
+def test_the_weight_average_starts_from_the_parent_not_the_random_initialisation(trained, tmp_path):
+    project = child_project(tmp_path, os.path.relpath(model_dir(trained), tmp_path / "projects" / "child"),
+                            weight_average_decay=0.999)
+    paths = ProjectPaths(project)
+    params = load_params(project / "params.yaml").train_val
+    manifest = Manifest.read(project / "data" / "processed" / "records")
+    trainer = Trainer(params, manifest, item_counts(project / "references" / "items.parquet"), tmp_path / "logs",
+                      tmp_path / "checkpoints")
+    initial = trainer.average.values()
+    finetune.warm_start(trainer, finetune.load_parent(paths, params, model_dir(project, "child")), params)
+    warmed = [v.numpy() for v in trainer.model.trainable_variables]
+    assert not all(np.array_equal(a, w) for a, w in zip(initial, warmed))
+    assert all(np.array_equal(a, w) for a, w in zip(trainer.average.values(), warmed))
 
 
 def test_a_schedule_trains_exactly_the_parts_it_names(trained, tmp_path):

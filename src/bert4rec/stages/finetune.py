@@ -72,6 +72,8 @@ def check_saved(folder: Path, params: TrainValParams) -> None:
 
 def warm_start(trainer: Trainer, parent: LoadedParent, params: TrainValParams) -> None:
     warmstart.warm_start(trainer.model, parent.weights, parent.match, params.new_item_init)
+    if trainer.average is not None:  # the average starts from the parent, not the random initialisation
+        trainer.average.reset()
     lineage = parent.lineage
     log.info("warm start from %s (model %s): %d items kept, %d new (%s), %d dropped", lineage.source,
              lineage.model_name, lineage.shared_items, lineage.new_items, lineage.new_item_init, lineage.dropped_items)

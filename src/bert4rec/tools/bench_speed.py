@@ -31,7 +31,7 @@ RELEASED = {
     "tfrecord": {"max_seq_length": 200, "max_predictions_per_seq": 40, "masked_lm_prob": 0.2, "mask_prob": 1.0,
                  "dupe_factor": 10, "prop_sliding_window": 0.5, "masking": "dynamic"},
     "train_val": {"objective": "masked", "loss": "full_softmax", "batch_size": 128, "length_buckets": 8,
-                  "mixed_precision": "off", "jit_compile": False, "learning_rate": 0.003,
+                  "mixed_precision": "off", "jit_compile": False, "learning_rate": 0.003, "weight_average_decay": None,
                   "model": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256,
                             "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.0,
                             "max_position_embeddings": 200, "layer_norm": "pre", "block": "transformer"}},
