@@ -301,14 +301,14 @@ class Trainer:
                  time.monotonic() - started)
         self._report({"train_loss": loss, "learning_rate": rate}, "train")
 
-    def averaged(self):
+    def _averaged(self):
         """A block in which the model holds the averaged weights (or its own, without averaging)."""
         return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
     def _validate(self, validate) -> dict:
         state, patience = self.state, self.params.early_stopping_patience
         raw = {f"raw_{k}": v for k, v in validate(self.model).items()} if self.average is not None else {}
-        with self.averaged():
+        with self._averaged():
             metrics = validate(self.model)
             if metrics["ndcg_at_10"] > state.best_metric:
                 state.best_metric, state.best_step, state.evals_without_improvement = metrics["ndcg_at_10"], state.step, 0
