@@ -147,8 +147,8 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     import signal
     import time
 
-    settings = dict(num_train_steps=60, eval_every_steps=30, save_checkpoints_steps=5, deterministic_ops=True,
-                    weight_average_decay=0.9, model={**TINY["model"], "hidden_dropout_prob": 0.1})
+    settings = dict(num_train_steps=60, eval_every_steps=30, save_checkpoints_steps=5, log_every_steps=5,
+                    deterministic_ops=True, weight_average_decay=0.9, model={**TINY["model"], "hidden_dropout_prob": 0.1})
     whole = new_project(tmp_path / "whole", model_name="m", **settings)
     assert run("train_val", whole) == 0
     project = new_project(tmp_path / "killed", model_name="m", **settings)
@@ -168,6 +168,9 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     assert read_json(model_dir(project, "m") / "valid_metrics.json", "metrics") == expected
     first, second = np.load(model_dir(whole, "m") / "weights.npz"), np.load(model_dir(project, "m") / "weights.npz")
     assert all(np.array_equal(first[key], second[key]) for key in first.files)
+    # the curves before the kill come back from the checkpoint: the whole run's, but for the clock
+    curves = [pd.read_csv(p / "results" / "m" / "train_val_curves.csv").drop(columns="train_seconds") for p in (whole, project)]
+    pd.testing.assert_frame_equal(curves[0], curves[1])
 
 
 def test_causal_objective_learns_the_pattern(tmp_path):

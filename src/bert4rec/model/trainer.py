@@ -10,6 +10,7 @@ name and never half-written.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -97,6 +98,7 @@ class Throughput:
 
 
 MetricsHook = Callable[[int, dict], None]
+HISTORY = "history/json"  # the curves so far, in each checkpoint: a resumed run's curves start at step 1
 
 
 class Trainer:
@@ -120,6 +122,7 @@ class Trainer:
         self._clock = time.monotonic()
         self.rate = learning_rate(params, 0)
         self.best_weights = None
+        self.history: dict[int, dict] = {}  # every reported metric by step, kept in the checkpoints
         self.throughput = Throughput()
         self.train_variables = None  # None: every trainable variable (see train_only)
         self.rate_schedule = lambda step, elapsed: learning_rate(self.params, step, elapsed)
@@ -325,6 +328,8 @@ class Trainer:
         return metrics
 
     def _report(self, metrics: dict, group: str) -> None:
+        self.history.setdefault(self.state.step, {}).update(
+            {k: v if isinstance(v, int) else float(v) for k, v in metrics.items()})
         self.on_metrics(self.state.step, metrics)
         with self._writer.as_default(step=self.state.step):
             for key, value in metrics.items():
@@ -341,7 +346,7 @@ class Trainer:
                   **store.weights_to_arrays([v.numpy() for v in self.optimizer.variables], "optimizer/"),
                   **store.weights_to_arrays([v.numpy() for v in self._random_states()], "random/"),
                   **store.weights_to_arrays(self.average.values() if self.average else [], "average/"),
-                  **self.state.to_arrays()}
+                  **self.state.to_arrays(), HISTORY: np.frombuffer(json.dumps(self.history).encode(), np.uint8)}
         path = self.checkpoint_dir / f"ckpt-{self.state.step}.npz"
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         store.save_arrays(path, arrays)
@@ -384,3 +389,5 @@ class Trainer:
             else:
                 self.average.reset()
         self.state = LoopState.from_arrays(arrays)
+        saved = json.loads(arrays[HISTORY].tobytes()) if HISTORY in arrays else {}  # absent in older checkpoints
+        self.history = {int(step): row for step, row in saved.items() if int(step) <= self.state.step}

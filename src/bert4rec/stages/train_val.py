@@ -94,10 +94,8 @@ def train(paths: ProjectPaths, params: Params, worker: Worker, folder: Path) -> 
     manifest = Manifest.read(paths.records)
     check_inputs(paths, params, manifest, paths.model_dir(name))
     strategy = runtime.start(tv.distribution, tv.seed, tv.deterministic_ops, tv.mixed_precision)
-    curves: dict[int, dict] = {}
 
     def report(step: int, metrics: dict) -> None:
-        curves.setdefault(step, {}).update(metrics)
         tracking.log_metrics(metrics, step=step)
 
     area = checkpoint_dir(paths, params, manifest, worker)
@@ -132,7 +130,7 @@ def train(paths: ProjectPaths, params: Params, worker: Worker, folder: Path) -> 
         with all_or_nothing():  # the trained model's files appear together; the resumable state stays till then
             save_model(trainer.model, folder, params, info, paths)
             if worker.chief:
-                write_curves(paths.results_dir(name) / "train_val_curves.csv", curves)
+                write_curves(paths.results_dir(name) / "train_val_curves.csv", finetune.with_phases(trainer.history, phases))
         keep_final_state(trainer, folder, area)
         tracking.log_metrics({f"best_valid_{k}": v for k, v in metrics.items()})
         for artifact in ("valid_metrics.json", "config.yaml", store.INFO):
