@@ -133,16 +133,16 @@ def run_phases(trainer: Trainer, phases: list[Phase], validate, on_phase: Callab
         peak = configure(trainer, base, phase, start, began, phase_seconds(base, phases, index, began))
         best = [-1.0]
 
-        def tagged(step: int, metrics: dict, number: int = index + 1) -> None:
+        def tracked(step: int, metrics: dict) -> None:
             best[0] = max(best[0], metrics.get("valid_ndcg_at_10", -1.0))
-            report(step, {**metrics, "phase": number})
+            report(step, metrics)
 
-        trainer.on_metrics = tagged
+        trainer.on_metrics, trainer.phase = tracked, index + 1
         state = trainer.fit(validate)
         done.append(PhaseRecord(phase=index + 1, train=phase.train, learning_rate=peak, start_step=start,
                                 end_step=state.step, stopped_early=state.stopped_early, best_valid_ndcg_at_10=best[0],
                                 seconds=state.elapsed - began))
         write_json(trainer.checkpoint_dir / PROGRESS, {"phases": [record.model_dump() for record in done]})
         on_phase(done[-1])
-    trainer.params, trainer.on_metrics = base, report
+    trainer.params, trainer.on_metrics, trainer.phase = base, report, None
     return trainer.state, done

@@ -123,6 +123,7 @@ class Trainer:
         self.rate = learning_rate(params, 0)
         self.best_weights = None
         self.history: dict[int, dict] = {}  # every reported metric by step, kept in the checkpoints
+        self.phase: int | None = None  # the fine-tuning phase being trained (tags what is reported)
         self.throughput = Throughput()
         self.train_variables = None  # None: every trainable variable (see train_only)
         self.rate_schedule = lambda step, elapsed: learning_rate(self.params, step, elapsed)
@@ -328,9 +329,10 @@ class Trainer:
         return metrics
 
     def _report(self, metrics: dict, group: str) -> None:
+        tagged = {**metrics, "phase": self.phase} if self.phase else metrics
         self.history.setdefault(self.state.step, {}).update(
-            {k: v if isinstance(v, int) else float(v) for k, v in metrics.items()})
-        self.on_metrics(self.state.step, metrics)
+            {k: v if isinstance(v, int) else float(v) for k, v in tagged.items()})
+        self.on_metrics(self.state.step, tagged)
         with self._writer.as_default(step=self.state.step):
             for key, value in metrics.items():
                 tf.summary.scalar(f"{group}/{key.removeprefix(group + '_')}", value)

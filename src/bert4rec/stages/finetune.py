@@ -91,14 +91,6 @@ def log_lineage(parent: LoadedParent | None) -> None:
     tracking.log_metrics({"warm_start": {k: getattr(lineage, k) for k in ("shared_items", "new_items", "dropped_items")}})
 
 
-def with_phases(history: dict[int, dict], phases: list[store.PhaseRecord] | None) -> dict[int, dict]:
-    """The training curves with the phase each step belongs to (a phase ends at its last step)."""
-    if not phases:
-        return history
-    owner = {step: next((r.phase for r in phases if r.start_step < step <= r.end_step), None) for step in history}
-    return {step: {**row, "phase": owner[step]} if owner[step] else row for step, row in history.items()}
-
-
 def _log_phase(record: store.PhaseRecord) -> None:
     log.info("phase %d (%s): steps %d-%d, best valid ndcg_at_10 %.4f%s", record.phase, ", ".join(record.train),
              record.start_step, record.end_step, record.best_valid_ndcg_at_10,

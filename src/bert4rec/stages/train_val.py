@@ -130,7 +130,7 @@ def train(paths: ProjectPaths, params: Params, worker: Worker, folder: Path) -> 
         with all_or_nothing():  # the trained model's files appear together; the resumable state stays till then
             save_model(trainer.model, folder, params, info, paths)
             if worker.chief:
-                write_curves(paths.results_dir(name) / "train_val_curves.csv", finetune.with_phases(trainer.history, phases))
+                write_curves(paths.results_dir(name) / "train_val_curves.csv", trainer.history)
         keep_final_state(trainer, folder, area)
         tracking.log_metrics({f"best_valid_{k}": v for k, v in metrics.items()})
         for artifact in ("valid_metrics.json", "config.yaml", store.INFO):
