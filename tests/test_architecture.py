@@ -88,3 +88,12 @@ def test_data_layer_never_reaches_for_the_model_or_workflow():
     offenders = {m for m in data if any(i.startswith(("bert4rec.model", "bert4rec.workflow", "bert4rec.stages"))
                                         for i in imported(modules()[m]))}
     assert not offenders
+
+
+def test_no_module_shadows_the_standard_library():
+    # A worker process started from a folder of the package puts that folder first on its import
+    # path; a module there named like a standard one (the old `secrets.py`) then replaces it.
+    # The `test` stage's module shares its name with CPython's own regression suite, which
+    # nothing imports at run time.
+    shadowing = {name for name in modules() if name.rsplit(".", 1)[-1] in sys.stdlib_module_names}
+    assert shadowing <= {"bert4rec.stages.test"}

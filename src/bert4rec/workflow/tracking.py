@@ -39,7 +39,7 @@ from typing import Iterator
 import psutil
 import yaml
 
-from bert4rec import secrets
+from bert4rec import credentials
 from bert4rec.errors import UserError
 from bert4rec.fileio import atomic_file
 from bert4rec.params import Params
@@ -103,7 +103,7 @@ def uri_for_root(root: Path) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         return f"sqlite:///{root.resolve() / 'mlflow.db'}"
-    clean, user, password = secrets.split_credentials(uri)
+    clean, user, password = credentials.split_credentials(uri)
     if user is not None:
         os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
         os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password or "")

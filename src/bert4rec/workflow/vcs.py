@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bert4rec import secrets
+from bert4rec import credentials
 from bert4rec.errors import UserError
 from bert4rec.fileio import try_lock
 
@@ -44,7 +44,7 @@ def dvc_executable() -> str:
 
 def _run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None,
          capture: bool = True) -> subprocess.CompletedProcess:
-    shown = secrets.masked(" ".join(args))
+    shown = credentials.masked(" ".join(args))
     log.debug("$ %s", shown)
     try:
         result = subprocess.run(
@@ -55,7 +55,7 @@ def _run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None
         raise UserError(f"{args[0]}: command not found") from None
     if check and result.returncode != 0:
         detail = (result.stderr or result.stdout or "").strip() if capture else ""
-        raise UserError(f"`{shown}` failed (exit {result.returncode})" + (f": {secrets.masked(detail)}" if detail else ""))
+        raise UserError(f"`{shown}` failed (exit {result.returncode})" + (f": {credentials.masked(detail)}" if detail else ""))
     return result
 
 
@@ -238,8 +238,8 @@ def configure_remotes(root: Path, env: dict | None = None) -> str:
     for key, value in settings.items():
         if value:
             dvc(root, "remote", "modify", "--local", "storage", key, value)
-    endpoint = secrets.without_credentials(settings["endpointurl"])
-    return f"dvc: remote {secrets.without_credentials(url)}" + (f" (endpoint {endpoint})" if endpoint else "")
+    endpoint = credentials.without_credentials(settings["endpointurl"])
+    return f"dvc: remote {credentials.without_credentials(url)}" + (f" (endpoint {endpoint})" if endpoint else "")
 
 
 def dvc_push(root: Path) -> str:
@@ -249,14 +249,14 @@ def dvc_push(root: Path) -> str:
         return "dvc: no remote configured; outputs stay in the local cache"
     result = dvc(root, "push", "-q", check=False)
     if result.returncode != 0:
-        endpoint = secrets.without_credentials(_remote_endpoint(root, name))
-        where = secrets.without_credentials(url) + (f" (endpoint {endpoint})" if endpoint else "")
-        detail = secrets.masked(result.stderr or result.stdout).strip().splitlines()
+        endpoint = credentials.without_credentials(_remote_endpoint(root, name))
+        where = credentials.without_credentials(url) + (f" (endpoint {endpoint})" if endpoint else "")
+        detail = credentials.masked(result.stderr or result.stdout).strip().splitlines()
         raise UserError(
             f"dvc push to remote '{name}' at {where} failed: {detail[-1] if detail else 'unknown error'}; "
             "the results are committed locally, run `dvc push` when the remote is reachable"
         )
-    return f"dvc: pushed outputs to {secrets.without_credentials(url)}"
+    return f"dvc: pushed outputs to {credentials.without_credentials(url)}"
 
 
 def dvc_pull(root: Path, *targets: str) -> None:
@@ -264,7 +264,7 @@ def dvc_pull(root: Path, *targets: str) -> None:
     result = dvc(root, "pull", "-q", *targets, check=False)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
-        raise UserError(f"dvc pull from remote '{name}' at {secrets.without_credentials(url)} failed: {detail[-1] if detail else 'unknown error'}")
+        raise UserError(f"dvc pull from remote '{name}' at {credentials.without_credentials(url)} failed: {detail[-1] if detail else 'unknown error'}")
 
 
 # ---------------------------------------------------------------- DVC experiments (sweeps)
