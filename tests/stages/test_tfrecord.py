@@ -76,7 +76,7 @@ def test_evaluation_examples_match_histories(synthetic_project):
 
 
 def test_static_training_examples(synthetic_project):
-    set_params(synthetic_project, tfrecord={"masking": "static", "dupe_factor": 3})
+    set_params(synthetic_project, tfrecord={"masking": "static", "dupe_factor": 3, "prop_sliding_window": 0.5})
     assert run("raw", synthetic_project) == 0
     assert run("tfrecord", synthetic_project) == 0
     vocab, users = vocabulary(synthetic_project), histories(synthetic_project)
