@@ -147,6 +147,26 @@ def test_project_errors_leave_nothing_behind(repo, events):
     assert result.returncode == 2 and "already exists" in result.stderr
 
 
+def test_a_failed_switch_leaves_the_active_project_as_it_was(repo, events, tmp_path):
+    repo.run("bert4rec", "project", "alpha", str(events))
+    repo.run("bert4rec", "run", "raw")  # so alpha has a dvc.lock to keep
+    (tmp_path / "beta.txt").write_text(events.read_text())
+    repo.run("bert4rec", "project", "beta", str(tmp_path / "beta.txt"))
+    repo.run("bert4rec", "use", "alpha")
+    before = digest(repo.root / "projects") | {name: (repo.root / name).read_text()
+                                               for name in ("params.yaml", "dvc.lock", "dvc.yaml", "config/active_project")}
+    template = repo.root / "config" / "pipeline.yaml"
+    template.write_text(template.read_text().replace("bert4rec.stages.raw", "bert4rec.stages.nowhere"))
+    for command in (("project", "gamma", str(events)), ("use", "beta")):
+        result = repo.run("bert4rec", *command, check=False)
+        assert result.returncode == 2 and "bert4rec.stages.nowhere" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+        after = digest(repo.root / "projects") | {name: (repo.root / name).read_text()
+                                                  for name in ("params.yaml", "dvc.lock", "dvc.yaml", "config/active_project")}
+        assert after == before, command
+        assert not (repo.root / "projects" / "gamma").exists()
+
+
 def test_invalid_params_stop_before_anything_runs(repo, events):
     repo.run("bert4rec", "project", "alpha", str(events))
     params = yaml.safe_load((repo.root / "params.yaml").read_text())

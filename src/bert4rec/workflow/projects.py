@@ -120,12 +120,55 @@ def _deactivate(root: Path, name: str) -> None:
         shutil.move(lock, folder / PROJECT_LOCK)
 
 
+def _snapshot(paths: list[Path]) -> dict[Path, tuple[str, bytes | Path] | None]:
+    """Each file's state (contents or link target, None when absent) so a failure can put it back."""
+    state: dict[Path, tuple[str, bytes | Path] | None] = {}
+    for path in paths:
+        if path.is_symlink():
+            state[path] = ("link", path.readlink())
+        elif path.is_file():
+            state[path] = ("file", path.read_bytes())
+        else:
+            state[path] = None
+    return state
+
+
+def _restore(state: dict[Path, tuple[str, bytes | Path] | None]) -> None:
+    for path, saved in state.items():
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        if saved is None:
+            continue
+        kind, value = saved
+        if kind == "link":
+            path.symlink_to(value)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(path) as tmp:
+                tmp.write_bytes(value)
+
+
 def activate(root: Path, name: str) -> Params:
-    """Make `name` the active project: root params.yaml/dvc.lock are its, dvc.yaml rendered."""
+    """Make `name` the active project: root params.yaml/dvc.lock are its, dvc.yaml rendered.
+    All or nothing: if anything fails, every file it touched is as it was."""
     folder = require_project(root, name)
-    own = folder / "params.yaml"
     marker = root / ACTIVE
     current = marker.read_text().strip() if marker.exists() else None
+    touched = [root / ROOT_PARAMS, root / ROOT_LOCK, marker, root / dvcyaml.DVC_YAML]
+    for project in {name, current} - {None}:
+        if (root / "projects" / project).is_dir():
+            touched += [root / "projects" / project / "params.yaml", root / "projects" / project / PROJECT_LOCK]
+    state = _snapshot(touched)
+    try:
+        return _activate(root, name, folder, current)
+    except BaseException:
+        _restore(state)
+        raise
+
+
+def _activate(root: Path, name: str, folder: Path, current: str | None) -> Params:
+    own = folder / "params.yaml"
+    marker = root / ACTIVE
     if current == name:
         params = load_params(root / ROOT_PARAMS)
     else:
@@ -183,6 +226,7 @@ def create(root: Path, name: str, data: Path, settings: dict | None = None) -> P
     defaults = Params().model_dump(mode="json")
     base = {"raw": {"input": f"data/external/{data.name}"}}
     params = parse_params(merge(merge(defaults, base), settings or {}), "project parameters")
+    first = not folder.parent.exists()
     try:
         for sub in FOLDERS:
             (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -193,7 +237,7 @@ def create(root: Path, name: str, data: Path, settings: dict | None = None) -> P
             tmp.write_text(dump_params(params))
         activate(root, name)
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder.parent if first else folder, ignore_errors=True)
         raise
     return ProjectPaths(folder)
 
