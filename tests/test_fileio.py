@@ -92,6 +92,27 @@ def test_outputs_change_together_or_not_at_all(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["records", "sequences.parquet"]
 
 
+def test_small_files_are_put_back_after_moves_links_and_deletions(tmp_path):
+    names = ("params.yaml", "dvc.lock", "active", "link.yaml", "moved.lock")
+    params, lock, marker, link, moved = (tmp_path / name for name in names)
+    params.write_text("old params")
+    lock.write_text("old lock")
+    link.symlink_to("params.yaml")
+    with pytest.raises(KeyboardInterrupt), fileio.restore_on_failure([params, lock, marker, link, moved]):
+        params.write_text("new params")
+        lock.rename(moved)
+        marker.write_text("new")
+        link.unlink()
+        link.write_text("a file where the link was")
+        raise KeyboardInterrupt
+    assert params.read_text() == "old params" and lock.read_text() == "old lock"
+    assert link.is_symlink() and str(link.readlink()) == "params.yaml"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.lock", "link.yaml", "params.yaml"]
+    with fileio.restore_on_failure([params, marker]):
+        marker.write_text("kept")
+    assert marker.read_text() == "kept"
+
+
 def test_what_counts_as_a_full_disk():
     assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
     assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))

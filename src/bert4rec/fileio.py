@@ -230,6 +230,27 @@ def all_or_nothing() -> Iterator[None]:
         _transaction = None
 
 
+@contextlib.contextmanager
+def restore_on_failure(paths: list[Path]) -> Iterator[None]:
+    """Put each of a few small files back as it was (contents, link or absence) if the block fails:
+    for changes made by moves, links and deletions as well as writes (a project switch)."""
+    saved = {path: ("link", path.readlink()) if path.is_symlink()
+             else ("file", path.read_bytes()) if path.is_file() else None for path in paths}
+    try:
+        yield
+    except BaseException:
+        for path, state in saved.items():
+            if state is not None and state[0] == "file":
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_file(path) as tmp:  # the rename replaces a link put there meanwhile
+                    tmp.write_bytes(state[1])
+                continue
+            path.unlink(missing_ok=True)
+            if state is not None:
+                path.symlink_to(state[1])
+        raise
+
+
 def _put_in_place(tmp: Path, path: Path) -> None:
     """Rename a finished temporary onto `path`; what it replaces is deleted, or kept aside to
     restore while an all_or_nothing block is open."""

@@ -157,7 +157,7 @@ def test_a_failed_switch_leaves_the_active_project_as_it_was(repo, events, tmp_p
                                                for name in ("params.yaml", "dvc.lock", "dvc.yaml", "config/active_project")}
     template = repo.root / "config" / "pipeline.yaml"
     template.write_text(template.read_text().replace("bert4rec.stages.raw", "bert4rec.stages.nowhere"))
-    for command in (("project", "gamma", str(events)), ("use", "beta")):
+    for command in (("project", "gamma", str(events)), ("use", "beta"), ("pipeline", "--item-predictions")):
         result = repo.run("bert4rec", *command, check=False)
         assert result.returncode == 2 and "bert4rec.stages.nowhere" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr

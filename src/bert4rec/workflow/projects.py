@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from bert4rec.errors import UserError
-from bert4rec.fileio import atomic_file
+from bert4rec.fileio import atomic_file, restore_on_failure
 from bert4rec.params import Params, default_model_name, dump_params, load_params, merge, parse_params, set_dotted
 from bert4rec.paths import ProjectPaths
 from bert4rec.workflow import dvcyaml, vcs
@@ -120,34 +120,6 @@ def _deactivate(root: Path, name: str) -> None:
         shutil.move(lock, folder / PROJECT_LOCK)
 
 
-def _snapshot(paths: list[Path]) -> dict[Path, tuple[str, bytes | Path] | None]:
-    """Each file's state (contents or link target, None when absent) so a failure can put it back."""
-    state: dict[Path, tuple[str, bytes | Path] | None] = {}
-    for path in paths:
-        if path.is_symlink():
-            state[path] = ("link", path.readlink())
-        elif path.is_file():
-            state[path] = ("file", path.read_bytes())
-        else:
-            state[path] = None
-    return state
-
-
-def _restore(state: dict[Path, tuple[str, bytes | Path] | None]) -> None:
-    for path, saved in state.items():
-        if path.is_symlink() or path.exists():
-            path.unlink()
-        if saved is None:
-            continue
-        kind, value = saved
-        if kind == "link":
-            path.symlink_to(value)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_file(path) as tmp:
-                tmp.write_bytes(value)
-
-
 def activate(root: Path, name: str) -> Params:
     """Make `name` the active project: root params.yaml/dvc.lock are its, dvc.yaml rendered.
     All or nothing: if anything fails, every file it touched is as it was."""
@@ -158,12 +130,8 @@ def activate(root: Path, name: str) -> Params:
     for project in {name, current} - {None}:
         if (root / "projects" / project).is_dir():
             touched += [root / "projects" / project / "params.yaml", root / "projects" / project / PROJECT_LOCK]
-    state = _snapshot(touched)
-    try:
+    with restore_on_failure(touched):
         return _activate(root, name, folder, current)
-    except BaseException:
-        _restore(state)
-        raise
 
 
 def _activate(root: Path, name: str, folder: Path, current: str | None) -> Params:
@@ -197,10 +165,12 @@ def render_pipeline(root: Path, name: str, params: Params) -> Params:
     """Write dvc.yaml for the active project, first pinning train_val.model_name in params.yaml:
     the name must not change when a hyperparameter does, or the declared model folder would
     no longer match."""
-    if params.train_val.model_name is None:
+    pinned = params.train_val.model_name is None
+    if pinned:
         params = update_params(root, name, {"train_val": {"model_name": default_model_name(params)}})
-        print(f"params.yaml: train_val.model_name set to {params.train_val.model_name}")
     dvcyaml.write(root, name, params)
+    if pinned:  # said only once it holds: a failed render puts params.yaml back
+        print(f"params.yaml: train_val.model_name set to {params.train_val.model_name}")
     return params
 
 
@@ -286,7 +256,8 @@ def main_pipeline(argv: list[str] | None = None) -> int:
     name = active_name(root)
     updates = {k: v for k, v in (("item_predictions", args.item_predictions),
                                  ("user_embeddings", args.user_embeddings)) if v is not None}
-    params = update_params(root, name, {"inference": updates}) if updates else load_active(root)[1]
-    params = render_pipeline(root, name, params)
+    with restore_on_failure([root / ROOT_PARAMS, root / dvcyaml.DVC_YAML]):
+        params = update_params(root, name, {"inference": updates}) if updates else load_active(root)[1]
+        params = render_pipeline(root, name, params)
     print(f"wrote dvc.yaml for project {name} (model {params.model_name()})")
     return 0
