@@ -153,17 +153,18 @@ def test_a_failed_switch_leaves_the_active_project_as_it_was(repo, events, tmp_p
     (tmp_path / "beta.txt").write_text(events.read_text())
     repo.run("bert4rec", "project", "beta", str(tmp_path / "beta.txt"))
     repo.run("bert4rec", "use", "alpha")
-    before = digest(repo.root / "projects") | {name: (repo.root / name).read_text()
-                                               for name in ("params.yaml", "dvc.lock", "dvc.yaml", "config/active_project")}
+    def state() -> dict[str, str]:
+        roots = ("params.yaml", "dvc.lock", "dvc.yaml", "config/active_project")
+        return digest(repo.root / "projects") | {name: (repo.root / name).read_text() for name in roots}
+
+    before = state()
     template = repo.root / "config" / "pipeline.yaml"
     template.write_text(template.read_text().replace("bert4rec.stages.raw", "bert4rec.stages.nowhere"))
     for command in (("project", "gamma", str(events)), ("use", "beta"), ("pipeline", "--item-predictions")):
         result = repo.run("bert4rec", *command, check=False)
         assert result.returncode == 2 and "bert4rec.stages.nowhere" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
-        after = digest(repo.root / "projects") | {name: (repo.root / name).read_text()
-                                                  for name in ("params.yaml", "dvc.lock", "dvc.yaml", "config/active_project")}
-        assert after == before, command
+        assert state() == before, command
         assert not (repo.root / "projects" / "gamma").exists()
 
 
