@@ -168,6 +168,22 @@ def test_a_failed_switch_leaves_the_active_project_as_it_was(repo, events, tmp_p
         assert not (repo.root / "projects" / "gamma").exists()
 
 
+def test_a_failed_render_leaves_params_yaml_unpinned(repo, events):
+    """`make <stage>` pins a missing model name while rendering dvc.yaml; a render that fails
+    must not leave the pin behind (nor a half-written dvc.yaml)."""
+    repo.run("bert4rec", "project", "alpha", str(events))
+    params = yaml.safe_load((repo.root / "params.yaml").read_text())
+    del params["train_val"]["model_name"]
+    (repo.root / "params.yaml").write_text(yaml.safe_dump(params))
+    before = {name: (repo.root / name).read_text() for name in ("params.yaml", "dvc.yaml")}
+    template = repo.root / "config" / "pipeline.yaml"
+    template.write_text(template.read_text().replace("bert4rec.stages.raw", "bert4rec.stages.nowhere"))
+    result = repo.run("make", "-s", "raw", check=False)
+    assert result.returncode != 0 and "bert4rec.stages.nowhere" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "model_name set to" not in result.stdout
+    assert {name: (repo.root / name).read_text() for name in before} == before
+
+
 def test_invalid_params_stop_before_anything_runs(repo, events):
     repo.run("bert4rec", "project", "alpha", str(events))
     params = yaml.safe_load((repo.root / "params.yaml").read_text())

@@ -164,11 +164,12 @@ def _activate(root: Path, name: str, folder: Path, current: str | None) -> Param
 def render_pipeline(root: Path, name: str, params: Params) -> Params:
     """Write dvc.yaml for the active project, first pinning train_val.model_name in params.yaml:
     the name must not change when a hyperparameter does, or the declared model folder would
-    no longer match."""
+    no longer match. All or nothing, for every caller (make, promote, sweep, switch)."""
     pinned = params.train_val.model_name is None
-    if pinned:
-        params = update_params(root, name, {"train_val": {"model_name": default_model_name(params)}})
-    dvcyaml.write(root, name, params)
+    with restore_on_failure([params_file(root, name), root / dvcyaml.DVC_YAML]):
+        if pinned:
+            params = update_params(root, name, {"train_val": {"model_name": default_model_name(params)}})
+        dvcyaml.write(root, name, params)
     if pinned:  # said only once it holds: a failed render puts params.yaml back
         print(f"params.yaml: train_val.model_name set to {params.train_val.model_name}")
     return params
