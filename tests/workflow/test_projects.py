@@ -147,6 +147,12 @@ def test_project_errors_leave_nothing_behind(repo, events):
     assert result.returncode == 2 and "already exists" in result.stderr
 
 
+def break_raw_stage(repo) -> None:
+    """Make rendering dvc.yaml fail: the template names a stage module that does not exist."""
+    template = repo.root / "config" / "pipeline.yaml"
+    template.write_text(template.read_text().replace("bert4rec.stages.raw", "bert4rec.stages.nowhere"))
+
+
 def test_a_failed_switch_leaves_the_active_project_as_it_was(repo, events, tmp_path):
     repo.run("bert4rec", "project", "alpha", str(events))
     repo.run("bert4rec", "run", "raw")  # so alpha has a dvc.lock to keep
@@ -158,8 +164,7 @@ def test_a_failed_switch_leaves_the_active_project_as_it_was(repo, events, tmp_p
         return digest(repo.root / "projects") | {name: (repo.root / name).read_text() for name in roots}
 
     before = state()
-    template = repo.root / "config" / "pipeline.yaml"
-    template.write_text(template.read_text().replace("bert4rec.stages.raw", "bert4rec.stages.nowhere"))
+    break_raw_stage(repo)
     for command in (("project", "gamma", str(events)), ("use", "beta"), ("pipeline", "--item-predictions")):
         result = repo.run("bert4rec", *command, check=False)
         assert result.returncode == 2 and "bert4rec.stages.nowhere" in result.stderr, result.stderr
@@ -176,8 +181,7 @@ def test_a_failed_render_leaves_params_yaml_unpinned(repo, events):
     del params["train_val"]["model_name"]
     (repo.root / "params.yaml").write_text(yaml.safe_dump(params))
     before = {name: (repo.root / name).read_text() for name in ("params.yaml", "dvc.yaml")}
-    template = repo.root / "config" / "pipeline.yaml"
-    template.write_text(template.read_text().replace("bert4rec.stages.raw", "bert4rec.stages.nowhere"))
+    break_raw_stage(repo)
     result = repo.run("make", "-s", "raw", check=False)
     assert result.returncode != 0 and "bert4rec.stages.nowhere" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "model_name set to" not in result.stdout
