@@ -216,7 +216,7 @@ class TrainValParams(Section):
     loss: Literal["full_softmax", "sampled_softmax"] = "full_softmax"
     num_negatives: int = Field(1024, gt=0)
     negative_sampling: Literal["uniform", "popularity"] = "popularity"
-    batch_size: int = Field(128, gt=0)
+    batch_size: int = Field(64, gt=0)  # chosen on two seeds of the causal objective (README)
     eval_batch_size: int = Field(512, gt=0)
     num_train_steps: int = Field(20000, gt=0)
     num_warmup_steps: int = Field(100, ge=0)
