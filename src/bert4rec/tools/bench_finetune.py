@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from bert4rec.arguments import positive
 from bert4rec.data.manifest import Manifest
 from bert4rec.data.vocabulary import load_vocabulary
 from bert4rec.errors import UserError
@@ -122,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ML100K, help="MovieLens-100K u.data(.gz), with timestamps")
     parser.add_argument("--work", type=Path, default=Path("bench/finetune"), help="scratch project folders")
     parser.add_argument("--out", type=Path, default=Path("bench/finetune.json"))
-    parser.add_argument("--seconds", type=float, default=120.0, help="training budget of every later-period model")
-    parser.add_argument("--pretrain-seconds", type=float, default=240.0)
+    parser.add_argument("--seconds", type=positive, default=120.0, help="training budget of every later-period model")
+    parser.add_argument("--pretrain-seconds", type=positive, default=240.0)
     parser.add_argument("--reuse-pretrained", action="store_true", help="keep the pretrained model of the last run")
     args = parser.parse_args(argv)
     if not args.data.exists():

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from bert4rec.arguments import positive
 from bert4rec.data.manifest import Manifest
 from bert4rec.errors import UserError
 from bert4rec.fileio import read_json, write_json
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("bench/quality"), help="scratch folder")
     parser.add_argument("--out", type=Path, default=Path("bench/quality.json"))
     parser.add_argument("--objective", choices=("masked", "causal", "both"), default="both")
-    parser.add_argument("--minutes", type=float, default=60.0, help="training budget per objective (wall clock)")
+    parser.add_argument("--minutes", type=positive, default=60.0, help="training budget per objective (wall clock)")
     args = parser.parse_args(argv)
     if not args.data.exists():
         raise UserError(f"{args.data}: ML-1M file not found (../shared/data/ml-1m beside the checkout, or --data)")

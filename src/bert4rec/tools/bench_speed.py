@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from bert4rec.arguments import at_least_one, not_negative
 from bert4rec.errors import UserError
 from bert4rec.fileio import write_json
 from bert4rec.params import Params, merge, params_hash
@@ -106,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ML1M)
     parser.add_argument("--work", type=Path, default=Path("bench/speed"))
     parser.add_argument("--out", type=Path, default=Path("bench/speed.json"))
-    parser.add_argument("--steps", type=int, default=150, help="timed steps per round and configuration")
-    parser.add_argument("--warmup", type=int, default=20, help="steps before timing (tracing, compilation)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=at_least_one, default=150, help="timed steps per round and configuration")
+    parser.add_argument("--warmup", type=not_negative, default=20, help="steps before timing (tracing, compilation)")
+    parser.add_argument("--rounds", type=at_least_one, default=3)
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one timing in this process
     args = parser.parse_args(argv)
     if args.probe:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bert4rec.arguments import port
 from bert4rec.errors import UserError
 from bert4rec.fileio import hold_lock
 from bert4rec.workflow import dvcyaml, projects, tracking, vcs
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 def main_ui(argv: list[str] | None = None) -> int:
     """Serve the MLflow UI for the local store on 127.0.0.1 (or say where the server is)."""
     parser = argparse.ArgumentParser(prog="bert4rec ui", description="MLflow UI on 127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--port", type=port, default=5000)
     args = parser.parse_args(argv)
     root = Path.cwd()
     uri = tracking.uri_for_root(root)

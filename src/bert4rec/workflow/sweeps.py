@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from bert4rec.arguments import at_least_one
 from bert4rec.errors import UserError
 from bert4rec.fileio import read_typed, write_typed
 from bert4rec.params import Params
@@ -228,8 +229,6 @@ def require_no_workers(root: Path) -> None:
 
 
 def run(root: Path, name: str, workers: int) -> SweepRecord:
-    if workers < 1:
-        raise UserError(f"--workers {workers}: at least 1 worker is needed")
     vcs.require_repo(root)
     hold_repository(root, f"`make sweep SWEEP={name}`")
     project, params = projects.load_active(root)
@@ -269,7 +268,7 @@ def main_sweep(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bert4rec sweep", description=(
         "queue one DVC experiment per point of a sweep file, run the queue, compare the points"))
     parser.add_argument("name", nargs="?", help=f"a sweep file {sweepfile.FOLDER}/<name>.yaml; without it, list them")
-    parser.add_argument("--workers", type=int, default=1, help="DVC queue workers running points at once (default 1)")
+    parser.add_argument("--workers", type=at_least_one, default=1, help="DVC queue workers running points at once (default 1)")
     args = parser.parse_args(argv)
     root = Path.cwd()
     if args.name is None:

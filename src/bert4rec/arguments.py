@@ -1,0 +1,45 @@
+"""Argument types for the commands' parsers: a count, a duration or a port out of range is refused
+by argparse ("argument --steps: expected an integer >= 1, got '0'", exit 2) before any work
+starts, instead of failing later with a traceback or half a benchmark on disk."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _number(text: str, kind: type, least: float, strictly: bool = False, most: float = math.inf):
+    name = "an integer" if kind is int else "a number"
+    bound = f"> {least:g}" if strictly else f">= {least:g}"
+    expected = f"{name} {bound}" + (f" and <= {most:g}" if most < math.inf else "")
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got '{text}'") from None
+    if not math.isfinite(value) or value < least or (strictly and value == least) or value > most:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got '{text}'")
+    return value
+
+
+def at_least_one(text: str) -> int:
+    """A count: steps, rounds, users, workers."""
+    return _number(text, int, 1)
+
+
+def not_negative(text: str) -> int:
+    """A count that may be zero (warm-up steps)."""
+    return _number(text, int, 0)
+
+
+def positive(text: str) -> float:
+    """A duration or a mean: minutes, seconds, events per user."""
+    return _number(text, float, 0, strictly=True)
+
+
+def catalogue_size(text: str) -> int:
+    """Items in a synthetic catalogue (at least two, so that there is something to rank)."""
+    return _number(text, int, 2)
+
+
+def port(text: str) -> int:
+    return _number(text, int, 1, most=65535)

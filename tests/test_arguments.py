@@ -1,0 +1,46 @@
+"""Counts, durations and ports out of range are refused before a command does any work."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from bert4rec import arguments, cli
+
+
+@pytest.mark.parametrize("kind, text, value", [
+    (arguments.at_least_one, "3", 3), (arguments.not_negative, "0", 0), (arguments.positive, "0.5", 0.5),
+    (arguments.catalogue_size, "2", 2), (arguments.port, "65535", 65535),
+])
+def test_values_in_range_pass(kind, text, value):
+    assert kind(text) == value
+
+
+@pytest.mark.parametrize("kind, text, expected", [
+    (arguments.at_least_one, "0", "an integer >= 1"), (arguments.at_least_one, "1.5", "an integer >= 1"),
+    (arguments.not_negative, "-1", "an integer >= 0"), (arguments.positive, "0", "a number > 0"),
+    (arguments.positive, "-2", "a number > 0"), (arguments.positive, "nan", "a number > 0"),
+    (arguments.positive, "inf", "a number > 0"), (arguments.positive, "ten", "a number > 0"),
+    (arguments.catalogue_size, "1", "an integer >= 2"), (arguments.port, "0", "an integer >= 1 and <= 65535"),
+    (arguments.port, "99999", "an integer >= 1 and <= 65535"),
+])
+def test_values_out_of_range_are_named(kind, text, expected):
+    with pytest.raises(argparse.ArgumentTypeError, match=f"expected {expected}, got '{text}'"):
+        kind(text)
+
+
+@pytest.mark.parametrize("command", [
+    ["bench-quality", "--minutes", "0"], ["bench-speed", "--steps", "0"], ["bench-speed", "--warmup", "-1"],
+    ["bench-speed", "--rounds", "0"], ["bench-data", "--users", "0"], ["bench-scale", "--minutes", "5", "-1"],
+    ["bench-finetune", "--seconds", "-1"], ["ui", "--port", "99999"], ["sweep", "lr_mask", "--workers", "0"],
+])
+def test_commands_refuse_them_before_any_work(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    option = next(word for word in command if word.startswith("--"))
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([*command, "--work", str(tmp_path / "work")] if command[0].startswith("bench") else command)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"error: argument {option}: expected" in error and "Traceback" not in error
+    assert list(tmp_path.iterdir()) == []
