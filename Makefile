@@ -85,12 +85,15 @@ $(B4R):
 bench-data: ## time raw+tfrecord on ML-1M and on a 20M-event synthetic log (writes bench/data.json)
 	$(B4R) bench-data
 
-.PHONY: bench-quality bench-speed bench-scale bench-peer
+.PHONY: bench-quality bench-speed bench-inference bench-scale bench-peer
 bench-quality: ## ML-1M on the params defaults, masked and causal, 60 min of training each: test NDCG@10/HR@10 + speed (bench/quality.json)
 	$(B4R) bench-quality
 
 bench-speed: ## training speed: the last release's configuration vs today's defaults in one run (bench/speed.json)
 	$(B4R) bench-speed
+
+bench-inference: ## inference speed: the last release's code vs today's on ML-1M in one run (bench/inference.json)
+	$(B4R) bench-inference
 
 bench-scale: ## 668,438 items, 1M and 250k synthetic users through all five stages (bench/scale.json)
 	$(B4R) bench-scale

@@ -33,6 +33,7 @@ COMMANDS = {
     "bench-data": ("bert4rec.tools.bench_data", "time raw+tfrecord on ML-1M and a large synthetic log"),
     "bench-quality": ("bert4rec.tools.bench_quality", "ML-1M quality + speed benchmark of the whole pipeline (<= 60 min training)"),
     "bench-speed": ("bert4rec.tools.bench_speed", "training speed: the last release's configuration vs the defaults, one run"),
+    "bench-inference": ("bert4rec.tools.bench_inference", "inference speed: the last release's code vs today's on ML-1M, one run"),
     "bench-scale": ("bert4rec.tools.bench_scale", "668,438 items, 1M and 250k users through all stages (bench/scale.json)"),
     "bench-peer": ("bert4rec.tools.bench_peer", "RecTools BERT4Rec/SASRec beside ours on ML-1M, same size and budget (own venv)"),
     "bench-finetune": ("bert4rec.tools.bench_finetune", "ML-100K: pretrain, then fine-tune on a later period vs from scratch (time split)"),

@@ -45,14 +45,15 @@ def _pss(process: psutil.Process) -> int:
         return 0
 
 
-def measure(command: list[str], log: Path | None = None, tracking: bool = False) -> dict:
+def measure(command: list[str], log: Path | None = None, tracking: bool = False, env: dict | None = None) -> dict:
     """Run a command: wall seconds, the largest process's peak RSS and the process tree's peak PSS.
 
     PSS (proportional set size) splits pages shared after fork() between the processes, so the
     tree's sum is the memory the command really needs (a sum of RSS counts them repeatedly).
     RSS is sampled 20 times a second; PSS, which costs ~15 ms per process to read, once a second.
+    env: variables set on top of this process's (another source tree on PYTHONPATH: bench-inference).
     """
-    env = {**os.environ, "BERT4REC_TRACKING": "on" if tracking else "off"}
+    env = {**os.environ, "BERT4REC_TRACKING": "on" if tracking else "off", **(env or {})}
     out = open(log, "w") if log else subprocess.DEVNULL
     started, process = time.perf_counter(), None
     try:
