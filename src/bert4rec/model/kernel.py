@@ -48,7 +48,10 @@ def cache_dir() -> Path:
 def _library(compiler: str) -> Path:
     """The built library: from the cache, or compiled into it (through a temporary, so concurrent
     builders and a killed build leave no half-written library)."""
-    flags = ["-shared", "-fPIC", "-O3", "-march=native", "-w",
+    # -U__AVX512FP16__: on CPUs with AVX512-FP16 (Sapphire Rapids on) -march=native turns on the
+    # half-precision code of TensorFlow's bundled Eigen, which GCC 12 does not compile; the kernel
+    # has no half-precision arithmetic, so it loses nothing
+    flags = ["-shared", "-fPIC", "-O3", "-march=native", "-U__AVX512FP16__", "-w",
              *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
     key = hashlib.sha256("\n".join([SOURCE.read_text(), tf.__version__, compiler, *flags, _cpu_flags()])
                          .encode()).hexdigest()[:16]
