@@ -33,7 +33,8 @@ def test_values_out_of_range_are_named(kind, text, expected):
 @pytest.mark.parametrize("command", [
     ["bench-quality", "--minutes", "0"], ["bench-speed", "--steps", "0"], ["bench-speed", "--warmup", "-1"],
     ["bench-speed", "--rounds", "0"], ["bench-data", "--users", "0"], ["bench-scale", "--minutes", "5", "-1"],
-    ["bench-finetune", "--seconds", "-1"], ["ui", "--port", "99999"], ["sweep", "lr_mask", "--workers", "0"],
+    ["bench-finetune", "--seconds", "-1"], ["bench-inference", "--rounds", "0"],
+    ["bench-inference", "--train-minutes", "0"], ["ui", "--port", "99999"], ["sweep", "lr_mask", "--workers", "0"],
 ])
 def test_commands_refuse_them_before_any_work(command, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
