@@ -33,3 +33,11 @@ def test_lineage_params_are_replayed_after_an_outage(tmp_path):
     replayed = client.get_run(run.info.run_id)
     assert replayed.data.params == {"parent_run_id": "abc", "parent_model": "models:/base/3"}
     assert replayed.data.tags["parent_model"] == "models:/base/3" and replayed.info.status == "FINISHED"
+
+
+def test_sync_with_nothing_kept_opens_no_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("BERT4REC_TRACKING", "on")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / tracking.PENDING).mkdir()  # left empty by an earlier sync
+    assert tracking.sync(tmp_path) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [str(tracking.PENDING)]

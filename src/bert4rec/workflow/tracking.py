@@ -705,8 +705,11 @@ def _close_journal() -> None:
 
 
 def sync(root: Path) -> int:
-    """`bert4rec sync`: send what runs missed while the tracking server was down."""
-    return replay_pending(root, _client(root)) if enabled() else 0
+    """`bert4rec sync`: send what runs missed while the tracking server was down (with nothing
+    kept, no store is opened: run elsewhere, it would leave an empty mlflow.db behind)."""
+    if not enabled() or not (root / PENDING).is_dir() or not any((root / PENDING).iterdir()):
+        return 0
+    return replay_pending(root, _client(root))
 
 
 def replay_pending(root: Path, client) -> int:
