@@ -4,9 +4,13 @@ server or S3 endpoint that does not answer. (A live tracking server and moto S3:
 from __future__ import annotations
 
 import shutil
+import socket
 
 import pytest
 import yaml
+
+from bert4rec.errors import UserError
+from bert4rec.workflow import make
 
 from .repo import TINY, flags, free_port, server
 
@@ -81,3 +85,15 @@ def test_unreachable_s3_endpoint_keeps_local_results(repo, events):
     assert (repo.root / "projects/synth/data/interim/sequences.parquet").exists()
     assert "raw" in yaml.safe_load(repo.git("show", "HEAD:dvc.lock"))["stages"]
     assert repo.run("dvc", "status", "raw").stdout.strip().endswith("up to date.")
+
+
+def test_ui_on_a_port_in_use_says_so_and_starts_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match=f"127.0.0.1:{port}: cannot serve the MLflow UI there .*PORT=<n>"):
+            make.main_ui(["--port", str(port)])
+    assert list(tmp_path.iterdir()) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,7 @@ def main_ui(argv: list[str] | None = None) -> int:
         tracking.check_server(uri)
         print(f"runs are on the tracking server: open {uri}")
         return 0
+    require_free_port(args.port)
     print(f"MLflow UI on http://127.0.0.1:{args.port} (store {uri}); Ctrl-C stops it")
     command = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
                "--default-artifact-root", (root / "mlartifacts").as_uri(),
@@ -103,6 +105,17 @@ def main_ui(argv: list[str] | None = None) -> int:
         return subprocess.call(command)
     except KeyboardInterrupt:
         return 0
+
+
+def require_free_port(number: int) -> None:
+    """`mlflow ui` on a port in use logs the error among its start-up lines and exits 0."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+        try:
+            probe.bind(("127.0.0.1", number))
+        except OSError as error:
+            raise UserError(f"127.0.0.1:{number}: cannot serve the MLflow UI there ({error.strerror}); choose "
+                            "another port: make ui PORT=<n> (bert4rec ui --port <n>)") from None
 
 
 def main_sync(argv: list[str] | None = None) -> int:
