@@ -34,11 +34,11 @@ def test_values_out_of_range_are_named(kind, text, expected):
     ["bench-quality", "--minutes", "0"], ["bench-speed", "--steps", "0"], ["bench-speed", "--warmup", "-1"],
     ["bench-speed", "--rounds", "0"], ["bench-data", "--users", "0"], ["bench-scale", "--minutes", "5", "-1"],
     ["bench-finetune", "--seconds", "-1"], ["bench-inference", "--rounds", "0"],
-    ["bench-inference", "--train-minutes", "0"], ["ui", "--port", "99999"], ["sweep", "lr_mask", "--workers", "0"],
+    ["bench-inference", "--train-minutes", "0"], ["bench-scale", "--users", "10", "20", "30", "--minutes", "5", "10"], ["ui", "--port", "99999"], ["sweep", "lr_mask", "--workers", "0"],
 ])
 def test_commands_refuse_them_before_any_work(command, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    option = next(word for word in command if word.startswith("--"))
+    option = [word for word in command if word.startswith("--")][-1]
     with pytest.raises(SystemExit) as stopped:
         cli.main([*command, "--work", str(tmp_path / "work")] if command[0].startswith("bench") else command)
     assert stopped.value.code == 2

@@ -130,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-model", action="store_true",
                         help="rerun only test and inference on the models the last run trained (scoring changes)")
     args = parser.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
+    if len(args.minutes) not in (1, len(args.users)):
+        parser.error(f"argument --minutes: expected one budget or one per --users ({len(args.users)}), "
+                     f"got {len(args.minutes)}")
     minutes = args.minutes * len(args.users) if len(args.minutes) == 1 else args.minutes
     runs = earlier_runs(args.out, args.users, args.work) if args.reuse_model else {}
+    args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for users, budget in zip(args.users, minutes):
         trained = runs.get(users)  # only with --reuse-model
