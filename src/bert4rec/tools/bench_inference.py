@@ -29,7 +29,7 @@ from bert4rec.errors import UserError
 from bert4rec.fileio import write_json
 from bert4rec.params import Params
 from bert4rec.tools import bench_quality
-from bert4rec.tools.benchkit import ML1M, measure, run_stage, stage_command
+from bert4rec.tools.benchkit import ML1M, measure, run_probe, run_stage, stage_command
 
 RELEASE = "2402203"  # the last release (bench_speed.RELEASED is its training configuration)
 REPOSITORY = Path(__file__).resolve().parents[3]
@@ -58,7 +58,7 @@ def release_source(work: Path) -> Path:
 
 
 def release_env(source: Path) -> dict:
-    return {"PYTHONPATH": str(source), "BERT4REC_TRACKING": "off"}
+    return {"PYTHONPATH": str(source)}
 
 
 def prepare_release(work: Path, data: Path, minutes: float, logs: Path) -> tuple[Path, dict]:
@@ -80,14 +80,6 @@ def prepare_today(work: Path, data: Path, minutes: float, logs: Path) -> tuple[P
     project = bench_quality.make_project(work / "today" / "ml1m", data, objective, minutes)
     stages = {stage: run_stage(stage, project, logs / "today") for stage in ("raw", "tfrecord", "train_val")}
     return project, f"bench-{objective}", {"objective": objective, "stages": stages}
-
-
-def timed(command: list[str], env: dict | None, side: str) -> dict:
-    done = subprocess.run(command, capture_output=True, text=True,
-                          env={**os.environ, "BERT4REC_TRACKING": "off", **(env or {})})
-    if done.returncode:
-        raise UserError(f"bench-inference: the {side} probe failed:\n{done.stderr.strip()[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds: dict[str, list[dict]] = {side: [] for side in probes}
     for round_ in range(args.rounds):
         for side, (command, env) in probes.items():
-            rounds[side].append(timed(command, env, side))
+            rounds[side].append(run_probe(command, f"bench-inference: the {side} probe", env))
             print(f"round {round_ + 1} {side}: {rounds[side][-1]['users_per_second']:,.0f} users/s "
                   f"(passes {rounds[side][-1]['seconds_per_pass']} s)", flush=True)
     result = summarise(rounds, {"release": release_setup, "today": today_setup}, args.train_minutes)

@@ -13,19 +13,17 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from bert4rec.arguments import at_least_one, not_negative
 from bert4rec.errors import UserError
 from bert4rec.fileio import write_json
 from bert4rec.params import Params, merge, params_hash
-from bert4rec.tools.benchkit import ML1M, run_stage, scratch_project
+from bert4rec.tools.benchkit import ML1M, run_probe, run_stage, scratch_project
 
 # The configuration `make bench-quality` trained with in the last release (commit 2402203).
 RELEASED = {
@@ -126,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = json.dumps({"project": str(projects[name]), "params": params})
             command = [sys.executable, "-m", "bert4rec.cli", "bench-speed", "--probe", spec,
                        "--steps", str(args.steps), "--warmup", str(args.warmup)]
-            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "BERT4REC_TRACKING": "off"})
-            if done.returncode:
-                raise UserError(f"bench-speed: the {name} probe failed:\n{done.stderr.strip()[-3000:]}")
-            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            runs[name].append(run_probe(command, f"bench-speed: the {name} probe"))
             print(f"round {round_ + 1} {name}: {runs[name][-1]}", flush=True)
     result = summarise(configs, runs)
     write_json(args.out, result)

@@ -4,6 +4,7 @@ meter for a command's wall time and peak memory."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -83,6 +84,15 @@ def measure(command: list[str], log: Path | None = None, tracking: bool = False,
         raise UserError(f"benchmark step failed (exit {process.returncode}): {' '.join(command)}{where}")
     return {"wall_s": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak_rss / 2**20),
             "peak_pss_mb": round(peak_pss / 2**20)}
+
+
+def run_probe(command: list[str], what: str, env: dict | None = None) -> dict:
+    """A timing probe in its own process (tracking off): the JSON of its last stdout line."""
+    done = subprocess.run(command, capture_output=True, text=True,
+                          env={**os.environ, "BERT4REC_TRACKING": "off", **(env or {})})
+    if done.returncode:
+        raise UserError(f"{what} failed:\n{done.stderr.strip()[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def stop(process: subprocess.Popen, interrupt: KeyboardInterrupt, grace_seconds: float = 30.0) -> None:

@@ -707,14 +707,16 @@ def _close_journal() -> None:
 def sync(root: Path) -> int:
     """`bert4rec sync`: send what runs missed while the tracking server was down (with nothing
     kept, no store is opened: run elsewhere, it would leave an empty mlflow.db behind)."""
-    if not enabled() or not (root / PENDING).is_dir() or not any((root / PENDING).iterdir()):
-        return 0
-    return replay_pending(root, _client(root))
+    return replay_pending(root, _client(root)) if enabled() and pending_runs(root) else 0
+
+
+def pending_runs(root: Path) -> list[Path]:
+    return sorted((root / PENDING).iterdir()) if (root / PENDING).is_dir() else []
 
 
 def replay_pending(root: Path, client) -> int:
     """Send every journaled run's entries to the server; returns how many runs were completed."""
-    folders = sorted((root / PENDING).iterdir()) if (root / PENDING).is_dir() else []
+    folders = pending_runs(root)
     for folder in folders:
         _replay(client, folder.name, [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()])
         shutil.rmtree(folder)
