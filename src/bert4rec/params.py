@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from bert4rec.errors import UserError
 
@@ -45,10 +45,10 @@ class Section(BaseModel):
 class Columns(Section):
     """Column names (str) or 0-based positions (int); None = detect."""
 
-    user: str | int | None = None
-    item: str | int | None = None
-    timestamp: str | int | None = None
-    items: str | int | None = None  # list-of-items column of a sequence table
+    user: StrictStr | StrictInt | None = None  # strict: YAML's `true` is not position 1
+    item: StrictStr | StrictInt | None = None
+    timestamp: StrictStr | StrictInt | None = None
+    items: StrictStr | StrictInt | None = None  # list-of-items column of a sequence table
 
 
 class RawParams(Section):
@@ -90,10 +90,10 @@ class RawParams(Section):
     @field_validator("separator")
     @classmethod
     def _one_character(cls, value: str | None) -> str | None:
-        if value is None or value == "::" or (len(value) == 1 and value not in '\r\n"'):
+        if value is None or value == "::" or (len(value) == 1 and value.isascii() and value not in '\r\n"'):
             return value
         hint = ' (for a tab write "\\t" in double quotes)' if value == "\\t" else ""
-        raise ValueError(f"must be one character (not a quote or line break) or '::' (MovieLens .dat){hint}")
+        raise ValueError(f"must be one ASCII character (not a quote or line break) or '::' (MovieLens .dat){hint}")
 
     @model_validator(mode="after")
     def _long_enough_for_task(self) -> "RawParams":
@@ -327,10 +327,21 @@ def set_dotted(data: dict, key: str, value, source: str) -> None:
     data[leaf] = value
 
 
+UNION_MEMBERS = {"str": "a column name", "int": "a 0-based column position"}  # pydantic's tags in a union's errors
+
+
 def describe_errors(error: ValidationError, source: str) -> str:
     """One line per problem, naming the file and the dotted key."""
-    lines = []
+    lines, alternatives = [], {}
     for item in error.errors():
+        *loc, last = item["loc"] or ("(top level)",)
+        if last in UNION_MEMBERS and loc:  # one line for a value that is none of a union's types
+            key = ".".join(str(part) for part in loc)
+            if key not in alternatives:
+                alternatives[key] = []
+                lines.append((key, item.get("input"), alternatives[key]))
+            alternatives[key].append(UNION_MEMBERS[last])
+            continue
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
             hint = f" (removed: {REMOVED_KEYS[key]})" if key in REMOVED_KEYS else ""
@@ -341,7 +352,8 @@ def describe_errors(error: ValidationError, source: str) -> str:
             lines.append(f"{source}: {key}: {message}")
         else:
             lines.append(f"{source}: {key}: {message} (got {item.get('input')!r})")
-    return "\n".join(lines)
+    return "\n".join(line if isinstance(line, str) else f"{source}: {line[0]}: expected {' or '.join(line[2])} "
+                     f"(got {line[1]!r})" for line in lines)
 
 
 def parse_params(data: dict | None, source: str = "params") -> Params:

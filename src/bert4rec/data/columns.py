@@ -17,8 +17,9 @@ USER_NAMES = ("userid", "user", "uid", "customerid", "visitorid", "sessionid", "
 ITEM_NAMES = ("itemid", "item", "movieid", "productid", "iid", "articleid", "trackid", "sku")
 TIME_NAMES = ("timestamp", "time", "ts", "datetime", "date", "eventtime", "unixtime")
 ITEMS_NAMES = ("items", "itemids", "sequence", "history", "movieids")
-MISSING_TEXT = ("nan", "null", "none")
+MISSING_TEXT = ("nan", "null", "none", "na", "n/a", "<na>", "#n/a")  # pandas' and R's spellings of missing
 INT64_LIMIT = 2.0**63
+INT64_MAX = 2**63 - 1
 
 
 def normalise(name: str) -> str:
@@ -120,21 +121,64 @@ def ids(column: pa.ChunkedArray, name: str, path: Path, first_row: int | None = 
     return pc.cast(column, pa.string())
 
 
-def times(column: pa.ChunkedArray, name: str, path: Path) -> pa.ChunkedArray:
+def times(column: pa.ChunkedArray, name: str, path: Path, first_row: int | None = None) -> pa.ChunkedArray:
     """Numbers stay numbers (unix seconds for a time split); dates and date strings become
     timestamp[ns] (readers.event_times turns them into nanoseconds to sort by)."""
     kind = column.type
     if column.null_count or (pa.types.is_floating(kind) and pc.any(pc.is_nan(column)).as_py()):
-        raise UserError(f"{path}: column '{name}' has missing timestamps")
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-        return pc.cast(column, pa.float64()) if pa.types.is_floating(kind) else pc.cast(column, pa.int64())
+        missing = pc.or_(column.is_null(), pc.is_nan(column)) if pa.types.is_floating(kind) else column.is_null()
+        raise UserError(f"{path}: column '{name}' has missing timestamps{_at(missing, first_row)}")
+    if pa.types.is_floating(kind):
+        infinite = pc.invert(pc.is_finite(column))
+        if pc.any(infinite).as_py():
+            raise UserError(f"{path}: column '{name}' holds {column.filter(infinite)[0].as_py()}{_at(infinite, first_row)}; "
+                            "expected finite timestamps")
+        return pc.cast(column, pa.float64())
+    if pa.types.is_integer(kind):
+        too_large = pc.greater(column, pa.scalar(INT64_MAX, kind)) if kind == pa.uint64() else None
+        if too_large is not None and pc.any(too_large).as_py():
+            raise UserError(f"{path}: column '{name}' holds {column.filter(too_large)[0].as_py()}"
+                            f"{_at(too_large, first_row)}; expected timestamps below 2^63")
+        return pc.cast(column, pa.int64())
     try:
         return pc.cast(column, pa.timestamp("ns"))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
         if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
             raise UserError(f"{path}: column '{name}' has dates outside 1677-2262, the range of nanosecond "
                             f"timestamps ({error})") from None
-        raise UserError(f"{path}: column '{name}' is not a timestamp (numbers or dates expected)") from None
+        zoned = _zoned_text(column)
+        if zoned is not None:
+            return zoned
+        raise UserError(f"{path}: column '{name}' is not a timestamp (numbers or dates expected){_first_non_date(column)}") from None
+
+
+def _zoned_text(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """ISO text with a zone ('...Z', '...+02:00') as UTC instants; None if it is not that."""
+    try:
+        return pc.cast(pc.cast(column, pa.timestamp("ns", tz="UTC")), pa.timestamp("ns"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
+def _first_non_date(column: pa.ChunkedArray) -> str:
+    """"; e.g. row 7: 'yesterday'" naming a value that is no date, found by halving (error path only)."""
+    def fails(part: pa.ChunkedArray) -> bool:
+        try:
+            pc.cast(part, pa.timestamp("ns"))
+            return False
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return _zoned_text(part) is None
+
+    low, high = 0, len(column)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fails(column.slice(low, middle - low)):
+            high = middle
+        elif fails(column.slice(middle, high - middle)):
+            low = middle
+        else:  # each half reads, the whole does not (zoned and zone-less dates mixed)
+            return "; dates with and without a time zone are mixed"
+    return f"; {column[low].as_py()!r} is neither" if high > low and fails(column.slice(low, 1)) else ""
 
 
 def standardise(table: pa.Table, user: str, item: str, timestamp: str | None, path: Path,
@@ -143,5 +187,5 @@ def standardise(table: pa.Table, user: str, item: str, timestamp: str | None, pa
     columns = {"user": ids(table.column(user), user, path, first_row),
                "item": ids(table.column(item), item, path, first_row)}
     if timestamp:
-        columns["timestamp"] = times(table.column(timestamp), timestamp, path)
+        columns["timestamp"] = times(table.column(timestamp), timestamp, path, first_row)
     return pa.table(columns)

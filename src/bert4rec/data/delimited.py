@@ -2,7 +2,8 @@
 found from the first lines or given in params, and a block-wise Arrow reader.
 
 Rules: a UTF-8 byte-order mark is ignored; blank lines and '#' comment lines before the first
-row (header or data) are skipped; fields of comma/semicolon files may be quoted ("a,b").
+row (header or data) are skipped; fields of comma/semicolon files may be quoted ("a,b"), and a
+quoted field other than an id may span lines (a review's text).
 Anything else that does not fit (a comment or the header again further down, a line with
 another number of fields, an empty id, bytes that are not UTF-8) is an error naming its line.
 Arrow reads the file fast; only when it finds a problem is the file scanned line by line to
@@ -33,6 +34,8 @@ HEAD_LINES = 20
 SEPARATORS = ("::", "\t", ",", ";", "|", " ")
 QUOTING = ",;"  # separators whose fields may be quoted
 READ_ERRORS = (OSError, EOFError, zlib.error)
+COMPRESSION = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2"}  # by suffix, in any case
+csv.field_size_limit(1 << 30)  # a long quoted text column (reviews) is data, not an error
 
 
 class LineError(UserError):
@@ -60,10 +63,10 @@ def split(line: str, delimiter: str) -> list[str]:
 
 
 def _open_binary(path: Path):
-    suffix = path.suffix.lower()
-    if suffix in (".gz", ".gzip"):
+    compression = COMPRESSION.get(path.suffix.lower())
+    if compression == "gzip":
         return gzip.open(path, "rb")
-    if suffix == ".bz2":
+    if compression == "bz2":
         return bz2.open(path, "rb")
     return open(path, "rb")
 
@@ -111,24 +114,33 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _delimiter(path: Path, first: str, params: RawParams) -> str:
+def _delimiter(path: Path, lines: list[str], params: RawParams) -> str:
+    """The separator that splits every first line into the same number of fields, the most
+    fields if several do (';' over the decimal comma of '1;10;4,5'); else the first one found."""
     if params.separator is not None:
         return params.separator
-    for candidate in SEPARATORS:
-        if candidate in first:
-            return candidate
-    raise UserError(f"{path}: cannot tell the column separator from its first row {first!r}; set raw.separator")
+    present = [candidate for candidate in SEPARATORS if candidate in lines[0]]
+    if not present:
+        raise UserError(f"{path}: cannot tell the column separator from its first row {lines[0]!r}; set raw.separator")
+    widths = {candidate: {len(split(line, candidate)) for line in lines} for candidate in present}
+    steady = [candidate for candidate in present if len(widths[candidate]) == 1]
+    return max(steady, key=lambda candidate: min(widths[candidate]), default=present[0])
 
 
 def _has_header(params: RawParams, fields: list[str], lines: list[str], delimiter: str) -> bool:
     if params.header is not None:
         return params.header
     known = {*columns.USER_NAMES, *columns.ITEM_NAMES, *columns.TIME_NAMES}
-    return any(columns.normalise(f) in known for f in fields) or (
-        len(lines) > 1
-        and not any(_is_number(f) for f in fields)
-        and any(_is_number(f) for f in split(lines[1], delimiter))
-    )
+    if any(columns.normalise(f) in known for f in fields):
+        return True
+    # Otherwise a header only if some column is a number on every later line and not on the first
+    # (ISBN-like ids, numeric but for an 'X', must not make the first row a header), and no first
+    # field comes again below it in its column (a user's id does; a column's name does not).
+    rows = [row for row in (split(line, delimiter) for line in lines[1:]) if len(row) == len(fields)]
+    if not rows or len(rows) < len(lines) - 1 or any(_is_number(f) for f in fields):
+        return False
+    repeated = any(row[i] == field for row in rows for i, field in enumerate(fields))
+    return not repeated and any(all(_is_number(row[i]) for row in rows) for i in range(len(fields)))
 
 
 def sniff(path: Path, params: RawParams) -> Layout:
@@ -136,7 +148,7 @@ def sniff(path: Path, params: RawParams) -> Layout:
     before, lines = _head(path)
     if not lines:
         raise UserError(f"{path}: the file is empty; expected interactions (user, item[, timestamp])")
-    delimiter = _delimiter(path, lines[0], params)
+    delimiter = _delimiter(path, lines, params)
     fields = split(lines[0], delimiter)
     header = _has_header(params, fields, lines, delimiter)
     if header:
@@ -155,6 +167,7 @@ def sniff(path: Path, params: RawParams) -> Layout:
 
 
 def _header_names(fields: list[str], delimiter: str) -> list[str]:
+    fields = [f.removeprefix("\ufeff") for f in fields]  # a second file's byte-order mark, joined on
     return [f.strip() if delimiter in QUOTING else f.strip().strip("\"'") for f in fields]
 
 
@@ -181,7 +194,7 @@ def _roles(path: Path, params: RawParams, names: list[str], header: bool, lines:
 def _guess_headerless_time(lines: list[str], delimiter: str, width: int) -> str | None:
     """MovieLens-style `user item rating timestamp`: the last column, if it holds unix seconds."""
     values = [split(line, delimiter)[-1] for line in lines]
-    if all(v.strip().isdigit() and int(v) > 10**8 for v in values):
+    if all(v.strip().isascii() and v.strip().isdigit() and int(v) > 10**8 for v in values):
         return f"column_{width - 1}"
     return None
 
@@ -196,7 +209,8 @@ def _arrow_options(layout: Layout):
     keep = [layout.user, layout.item] + ([layout.timestamp] if layout.timestamp else [])
     read = pacsv.ReadOptions(column_names=physical, skip_rows=layout.skip_lines, block_size=BLOCK_BYTES)
     delimiter = ":" if double_colon else layout.delimiter
-    parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if delimiter in QUOTING else False)
+    quoting = delimiter in QUOTING
+    parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoting else False, newlines_in_values=quoting)
     convert = pacsv.ConvertOptions(
         column_types={inverse[layout.user]: pa.string(), inverse[layout.item]: pa.string()},
         include_columns=[inverse[k] for k in keep],
@@ -209,7 +223,7 @@ def tables(path: Path, layout: Layout) -> Iterator[pa.Table]:
     """Stream the file in blocks as standard (user, item[, timestamp]) tables."""
     read, parse, convert, rename = _arrow_options(layout)
     try:
-        stream = pa.input_stream(str(path), compression="detect")
+        stream = pa.input_stream(str(path), compression=COMPRESSION.get(path.suffix.lower()))
         reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
         pending, rows = [], 0
         for batch in reader:
@@ -245,29 +259,52 @@ def _standard(batches: list[pa.RecordBatch], rename: dict[str, str], layout: Lay
 
 
 def _suspicious(table: pa.Table, layout: Layout) -> bool:
-    """Rows that may be a comment or a repeated header (confirmed by first_bad_line)."""
-    user = table.column("user")
-    if pc.any(pc.starts_with(user, "#")).as_py():
+    """Rows that may be a comment, a repeated header or an unclosed quote (confirmed by first_bad_line)."""
+    user, item = table.column("user"), table.column("item")
+    if pc.any(pc.or_(pc.starts_with(user, "#"), pc.starts_with(user, "\ufeff"))).as_py():
+        return True
+    if layout.delimiter in QUOTING and any(pc.any(pc.match_substring_regex(ids, "[\r\n]")).as_py()
+                                           for ids in (user, item)):
         return True
     if not layout.header:
         return False
-    return pc.any(pc.and_(pc.equal(user, layout.user), pc.equal(table.column("item"), layout.item))).as_py()
+    return pc.any(pc.and_(pc.equal(user, layout.user), pc.equal(item, layout.item))).as_py()
 
 
 def first_bad_line(path: Path, layout: Layout) -> str | None:
     """The first line after the leading ones that is not a row of data, as an error message."""
     try:
         checks = _LineChecks(layout)
-        for number, line in _lines(path):
-            if number > layout.skip_lines and line:
-                problem = checks.problem(line)
-                if problem:
-                    return f"{path}: line {number}: {line[:80]!r} {problem}"
+        for number, line, fields in _records(path, layout):
+            problem = checks.problem(line, fields)
+            if problem:
+                return f"{path}: line {number}: {line[:80]!r} {problem}"
     except UserError as error:
         return str(error)
     except READ_ERRORS as error:
         return f"{path}: cannot read the file, it may be truncated or corrupt ({error})"
     return None
+
+
+def _records(path: Path, layout: Layout) -> Iterator[tuple[int, str, list[str]]]:
+    """(first line number, its text, fields) of each non-empty row after the leading lines; with
+    quoting, a row whose quoted field holds line breaks spans several lines."""
+    lines = ((number, line) for number, line in _lines(path) if number > layout.skip_lines)
+    if layout.delimiter not in QUOTING:
+        yield from ((number, line, line.split(layout.delimiter)) for number, line in lines if line)
+        return
+    starts: list[tuple[int, str]] = []  # the lines the reader has taken since the last row
+
+    def feed() -> Iterator[str]:
+        for number, line in lines:
+            starts.append((number, line))
+            yield line + "\n"
+
+    for fields in csv.reader(feed(), delimiter=layout.delimiter, quotechar='"'):
+        number, line = starts[0]
+        starts.clear()
+        if fields:
+            yield number, line, fields
 
 
 class _LineChecks:
@@ -279,11 +316,10 @@ class _LineChecks:
         self.time = layout.names.index(layout.timestamp) if layout.timestamp else None
         self.numeric_time: bool | None = None  # decided by the first row
 
-    def problem(self, line: str) -> str | None:
+    def problem(self, line: str, fields: list[str]) -> str | None:
         layout, width = self.layout, len(self.layout.names)
         if line.lstrip().startswith("#"):
             return "is a comment; comment lines ('#') are only allowed before the first row"
-        fields = split(line, layout.delimiter)
         if len(fields) != width:
             return f"has {len(fields)} fields; expected {width} separated by {layout.delimiter!r}"
         if layout.header and _header_names(fields, layout.delimiter) == layout.names:
@@ -292,6 +328,9 @@ class _LineChecks:
             value = fields[position].strip()
             if not value or value.lower() in columns.MISSING_TEXT:
                 return f"has an empty or NaN {role} id in column '{layout.names[position]}'"
+            if "\n" in value or "\r" in value:
+                return (f"has a line break inside its quoted {role} id (a quote (\") not closed on its line?); "
+                        "expected one id per field on one line (a quote inside a field is written twice: \"\")")
         if self.time is not None:
             numeric = _is_number(fields[self.time])
             if self.numeric_time is None:

@@ -61,11 +61,14 @@ def _parquet_tables(path: Path, params: RawParams) -> Iterator[pa.Table]:
     source = _parquet_file(path)
     schema = source.schema_arrow
     names, cols = list(schema.names), params.columns
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: duplicate column names {sorted({n for n in names if names.count(n) > 1})}; "
+                        "expected each column once")
     list_cols = [n for n in names if _is_list(schema.field(n).type)]
     user = columns.find(names, cols.user, columns.USER_NAMES, "user", path)
     if user is None:
         raise UserError(f"{path}: no user column found among {names}; set raw.columns.user")
-    table_format = params.format if params.format != "auto" else ("sequence_table" if list_cols else "events")
+    table_format = params.format if params.format != "auto" else _table_format(names, list_cols, params, path)
     if table_format == "sequence_table":
         items = columns.find(names, cols.items, columns.ITEMS_NAMES, "items", path) or (
             list_cols[0] if len(list_cols) == 1 else None)
@@ -83,6 +86,17 @@ def _parquet_tables(path: Path, params: RawParams) -> Iterator[pa.Table]:
     wanted = [user, item] + ([timestamp] if timestamp else [])
     for table, first_row in _batches(source, path, wanted, PARQUET_BATCH_ROWS):
         yield columns.standardise(table, user, item, timestamp, path, first_row)
+
+
+def _table_format(names: list[str], list_cols: list[str], params: RawParams, path: Path) -> str:
+    """A table with a list column is a sequence table, unless it has an item column and its list
+    columns are not named as items (an event log with, e.g., a list of tags per event)."""
+    if not list_cols:
+        return "events"
+    cols = params.columns
+    items = columns.find(names, cols.items, columns.ITEMS_NAMES, "items", path)
+    item = columns.find(names, cols.item, columns.ITEM_NAMES, "item", path)
+    return "events" if item is not None and items is None else "sequence_table"
 
 
 def _batches(source: pq.ParquetFile, path: Path, wanted: list[str], rows: int) -> Iterator[tuple[pa.Table, int]]:
@@ -151,7 +165,7 @@ def _table_events(table: pa.Table, params: RawParams, path: Path) -> Iterator[pa
     if user is None:
         raise UserError(f"{path}: no user column found among {names}; set raw.columns.user")
     list_cols = [n for n in names if _is_list(table.schema.field(n).type)]
-    if list_cols:
+    if _table_format(names, list_cols, params, path) == "sequence_table":
         items = columns.find(names, cols.items, columns.ITEMS_NAMES, "items", path) or list_cols[0]
         columns.require_distinct(path, user=user, items=items)
         yield _explode(table, user, items, path, 0)

@@ -61,6 +61,14 @@ class Windows:
     def label(self, value: float) -> str:
         return datetime.fromtimestamp(float(value) / SCALE[self.unit], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
+    def span(self, first: float, last: float) -> str:
+        """'; the input's events span <date> .. <date> UTC', or what is wrong with the numbers."""
+        try:
+            return f"; the input's events span {self.label(first)} .. {self.label(last)} UTC"
+        except (ValueError, OverflowError, OSError):  # beyond the years datetime knows
+            return (f"; the input's timestamps run from {first:.0f} to {last:.0f}, not dates as unix seconds "
+                    "(milliseconds?); expected seconds since 1970")
+
 
 def user_cuts(times: np.ndarray, offsets: np.ndarray, windows: Windows) -> tuple[np.ndarray, np.ndarray]:
     """Per user (times flat, users at offsets): the flat index where validation starts and where
@@ -114,7 +122,7 @@ class WindowCounts:
 
     def check(self, windows: Windows, raw: RawParams, source: str, span: tuple[float, float], splits) -> None:
         """Windows a task needs must not end up empty: one line naming the dates."""
-        seen = f"; the input's events span {windows.label(span[0])} .. {windows.label(span[1])} UTC"
+        seen = windows.span(*span)
         if "train" in splits and not self.events[0]:
             since = f"from raw.data_start ({raw.data_start.isoformat()}) " if raw.data_start else ""
             raise UserError(f"{source}: raw.split time: no training events {since}before raw.validation_start "
