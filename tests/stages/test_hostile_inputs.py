@@ -86,8 +86,6 @@ def fails(tmp_path, capsys, make_input, stage="raw", **params) -> str:
     (text("e.csv", "user_id,item_id\n1,NA\n1,3\n"), {}, r"e\.csv: line 2: '1,NA' has an empty or NaN item id"),
     (text("e.csv", "user_id,item_id,timestamp\n1,2,5.5\n1,3,inf\n"), {},
      r"e\.csv: column 'timestamp' holds inf; expected finite timestamps"),
-    (text("e.csv", "user_id,item_id,timestamp\n1,2,2020-01-01\n1,3,2020-13-45\n"), {},
-     r"e\.csv: column 'timestamp' is not a timestamp \(numbers or dates expected\); '2020-13-45' is neither"),
     (text("e.csv", "user_id,item_id,timestamp\n" + "".join(f"{u},{i},{(1600000000 + i * 86400) * 1000}\n"
                                                             for u in range(3) for i in range(12))),
      {"raw": {"split": "time", "validation_start": "2020-09-14", "test_start": "2020-09-20"}},
@@ -116,7 +114,13 @@ def fails(tmp_path, capsys, make_input, stage="raw", **params) -> str:
     (text("e.csv", b"user_id,item_id\n1,2\n1,\xe93\n1,4\n"), {},
      r"e\.csv: line 3, byte 3: b'1,\\xe93' is not UTF-8 text; save the file as UTF-8"),
     (text("e.csv", "user_id,item_id,ts\n1,2,978300760\n1,3,yesterday\n1,4,978300762\n"), {},
-     r"e\.csv: line 3: '1,3,yesterday' has 'yesterday' in column 'ts'; expected a timestamp like the rows above"),
+     r"e\.csv: line 3: '1,3,yesterday' has 'yesterday' in column 'ts'; expected a number or an ISO date"),
+    (text("e.csv", "user_id,item_id,timestamp\n1,a,\n1,b,5\n1,c,6\n"), {},
+     r"e\.csv: line 2: '1,a,' has no timestamp in column 'timestamp'"),
+    (text("e.csv", "user_id,item_id,timestamp\n" + "1,2,978300000\n" * 150000 + "5000,1,978300000.5\n"), {},
+     r"e\.csv: line 150002: '5000,1,978300000\.5' has '978300000\.5' in column 'timestamp'; expected whole numbers"),
+    (text("e.csv", "user_id,item_id,timestamp\n1,2,2020-01-01\n1,3,2020-13-45\n"), {},
+     r"e\.csv: line 3: '1,3,2020-13-45' has '2020-13-45' in column 'timestamp'; expected a number or an ISO date"),
 ])
 def test_hostile_file_is_one_clear_error(tmp_path, capsys, make_input, params, message):
     assert re.search(message, fails(tmp_path, capsys, make_input, **params))
@@ -230,6 +234,10 @@ def sequences(project):
     ("a quoted review spanning lines, whatever the file's size",
      'user_id,item_id,review\n' + "".join(f'1,{i},"good\nvery ""good"""\n' for i in range(120000)), {},
      [(1, list(range(120000)))]),
+    ("dates, then times of day after the first 2 MB", "user_id,item_id,time\n" + "1,1,2020-01-01\n" * 150000
+     + "1,2,2020-01-02 10:00:00\n", {}, [(1, [1] * 150000 + [2])]),
+    ("dates with a zone", "user_id,item_id,time\n1,1,2020-01-02T00:00:00+02:00\n1,2,2020-01-01T23:00:00Z\n1,3,2020-01-03T00:00:00Z\n",
+     {}, [(1, [1, 2, 3])]),
     ("'::' given in params", "1::20::5::978300760\n1::10::5::978300761\n1::30::5::978300759\n", {"separator": "::"},
      [(1, [30, 20, 10])]),
 ])

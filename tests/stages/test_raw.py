@@ -192,4 +192,4 @@ def test_bad_timestamp_column_is_named(tmp_path, capsys):
     path = write(tmp_path, "log.csv", "user_id,item_id,timestamp\n1,2,yesterday\n1,3,today\n")
     project = make_project(tmp_path / "p", path)
     assert run_raw(project) == 2
-    assert "column 'timestamp' is not a timestamp" in capsys.readouterr().err
+    assert "line 2: '1,2,yesterday' has 'yesterday' in column 'timestamp'; expected a number or an ISO date" in capsys.readouterr().err

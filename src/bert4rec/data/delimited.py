@@ -17,6 +17,7 @@ import csv
 import gzip
 import zlib
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -54,6 +55,7 @@ class Layout:
     item: str
     timestamp: str | None
     skip_lines: int  # physical lines before the data: leading blank/comment lines and the header
+    time_kind: str | None = None  # int | float | date | zoned: from the first rows, held to the end
 
 
 def split(line: str, delimiter: str) -> list[str]:
@@ -163,7 +165,35 @@ def sniff(path: Path, params: RawParams) -> Layout:
     fmt = params.format
     if fmt == "auto":
         fmt = "sequence_lines" if (len(names) == 2 and delimiter == " " and not header) else "events"
-    return Layout(fmt, delimiter, header, names, user, item, timestamp, before + int(header))
+    kind = _time_kind([split(line, delimiter) for line in lines[int(header):]], names, timestamp)
+    return Layout(fmt, delimiter, header, names, user, item, timestamp, before + int(header), kind)
+
+
+TIME_TYPES = {"int": pa.int64(), "float": pa.float64(), "date": pa.timestamp("ns"), "zoned": pa.timestamp("ns", tz="UTC")}
+
+
+def _time_value_kind(value: str) -> str | None:
+    """int, float, date (no zone) or zoned for one timestamp field; None if it is none of them."""
+    value = value.strip()
+    if _is_number(value):
+        return "int" if value.lstrip("+-").isdigit() else "float"
+    try:
+        return "zoned" if datetime.fromisoformat(value.replace("Z", "+00:00")).tzinfo else "date"
+    except ValueError:
+        return None
+
+
+def _time_kind(rows: list[list[str]], names: list[str], timestamp: str | None) -> str | None:
+    """The timestamp column's kind from the first rows, so that Arrow reads every block as the
+    first (its own guess is per block: a float or a time of day after 2 MB of whole numbers or
+    dates failed with no line named). None: let Arrow guess."""
+    if timestamp is None:
+        return None
+    at = names.index(timestamp)
+    kinds = {_time_value_kind(row[at]) for row in rows if len(row) == len(names) and row[at].strip()}
+    if kinds == {"int", "float"}:
+        return "float"
+    return kinds.pop() if len(kinds) == 1 and None not in kinds else None
 
 
 def _header_names(fields: list[str], delimiter: str) -> list[str]:
@@ -211,8 +241,11 @@ def _arrow_options(layout: Layout):
     delimiter = ":" if double_colon else layout.delimiter
     quoting = delimiter in QUOTING
     parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoting else False, newlines_in_values=quoting)
+    types = {inverse[layout.user]: pa.string(), inverse[layout.item]: pa.string()}
+    if layout.time_kind:
+        types[inverse[layout.timestamp]] = TIME_TYPES[layout.time_kind]
     convert = pacsv.ConvertOptions(
-        column_types={inverse[layout.user]: pa.string(), inverse[layout.item]: pa.string()},
+        column_types=types,
         include_columns=[inverse[k] for k in keep],
         strings_can_be_null=False,
     )
@@ -314,7 +347,7 @@ class _LineChecks:
         self.layout = layout
         self.ids = {layout.names.index(layout.user): "user", layout.names.index(layout.item): "item"}
         self.time = layout.names.index(layout.timestamp) if layout.timestamp else None
-        self.numeric_time: bool | None = None  # decided by the first row
+        self.time_kind = layout.time_kind  # None: decided by the first row
 
     def problem(self, line: str, fields: list[str]) -> str | None:
         layout, width = self.layout, len(self.layout.names)
@@ -332,9 +365,20 @@ class _LineChecks:
                 return (f"has a line break inside its quoted {role} id (a quote (\") not closed on its line?); "
                         "expected one id per field on one line (a quote inside a field is written twice: \"\")")
         if self.time is not None:
-            numeric = _is_number(fields[self.time])
-            if self.numeric_time is None:
-                self.numeric_time = numeric
-            elif numeric != self.numeric_time:
-                return f"has {fields[self.time]!r} in column '{layout.timestamp}'; expected a timestamp like the rows above"
+            return self._time_problem(fields[self.time].strip())
         return None
+
+    def _time_problem(self, value: str) -> str | None:
+        name = self.layout.timestamp
+        if not value or value.lower() in columns.MISSING_TEXT:
+            return f"has no timestamp in column '{name}'"
+        kind = _time_value_kind(value)
+        if kind is None:
+            return f"has {value!r} in column '{name}'; expected a number or an ISO date"
+        if self.time_kind is None:
+            self.time_kind = kind
+        if kind == self.time_kind or (kind, self.time_kind) == ("int", "float"):
+            return None
+        expected = {"int": "whole numbers", "float": "numbers", "date": "dates without a time zone",
+                    "zoned": "dates with a time zone"}[self.time_kind]
+        return f"has {value!r} in column '{name}'; expected {expected} like the rows above"
