@@ -148,9 +148,12 @@ def _has_header(params: RawParams, fields: list[str], lines: list[str], delimite
 def sniff(path: Path, params: RawParams) -> Layout:
     """Decide delimiter, header and columns from the first lines of a text file."""
     before, lines = _head(path)
+    excel_separator = None
+    if lines and len(lines[0]) == 5 and lines[0].startswith("sep="):  # Excel's first line naming the separator
+        excel_separator, lines, before = lines[0][4], lines[1:], before + 1
     if not lines:
         raise UserError(f"{path}: the file is empty; expected interactions (user, item[, timestamp])")
-    delimiter = _delimiter(path, lines, params)
+    delimiter = params.separator or excel_separator or _delimiter(path, lines, params)
     fields = split(lines[0], delimiter)
     header = _has_header(params, fields, lines, delimiter)
     if header:
