@@ -118,3 +118,41 @@ def test_tracking_server_stopping_mid_train_val_keeps_outputs_and_sends_them_lat
         assert sorted(m.step for m in history) == [s for s in expected if s % SLOW["train_val"]["log_every_steps"] == 0]
         assert "best_valid_ndcg_at_10" in run.data.metrics
     assert not (repo.root / ".mlflow-pending").exists() or not any((repo.root / ".mlflow-pending").iterdir())
+
+
+def fingerprints(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_stage_failing_under_make_leaves_its_earlier_outputs(repo, events):
+    """DVC deletes a stage's outputs before running it; a failed run puts them back, so the next
+    `make` does not commit their deletion."""
+    repo.run("bert4rec", "project", "synth", str(events), *flags(TINY))
+    repo.run("make", "-s", "raw")
+    interim = repo.root / "projects/synth/data/interim"
+    before = fingerprints(interim)
+    data = next((repo.root / "projects/synth/data/external").glob("events*"))
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join(lines[:5] + ["# a comment mid-file"] + lines[5:]) + "\n")
+    failed = repo.run("make", "-s", "raw", check=False)
+    assert failed.returncode != 0 and "is a comment" in failed.stderr and "Traceback" not in failed.stderr
+    assert "earlier outputs restored" in failed.stdout
+    assert fingerprints(interim) == before
+    assert not repo.git("ls-files", "--deleted").strip()
+
+
+def test_ctrl_c_on_make_train_val_closes_its_parent_run_as_killed(repo, events):
+    repo.run("bert4rec", "project", "synth", str(events), *flags(SLOW))
+    on = {"BERT4REC_TRACKING": "on"}
+    repo.run("make", "-s", "tfrecord", env=on)
+    records = fingerprints(repo.root / "projects/synth/data/processed")
+    training = start(repo, "make", "-s", "train_val", env=on)
+    wait_for(lambda: any(p.name == "ckpt-40.npz" for p in checkpoints(repo)), "a checkpoint")
+    os.killpg(training.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+    output, _ = training.communicate(timeout=120)
+    assert training.returncode != 0 and "Traceback" not in output, output[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{repo.root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bert4rec-synth").experiment_id
+    runs = client.search_runs([experiment], filter_string="tags.stage = 'train_val'")
+    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"], output[-3000:]  # no run left RUNNING
+    assert fingerprints(repo.root / "projects/synth/data/processed") == records

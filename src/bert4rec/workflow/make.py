@@ -60,16 +60,22 @@ def run_stage(root: Path, stage: str, force: bool = False) -> int:
     if parent:
         env[tracking.PARENT_RUN] = parent
         say(f"mlflow: parent run {parent} in experiment bert4rec-{name} ({tracking.uri_for_root(root)})")
-    code = vcs.repro(root, stage, force, env)
+    try:
+        code = vcs.repro(root, stage, force, env)
+    except KeyboardInterrupt:
+        say(vcs.restore_outputs(root, f"projects/{name}"))
+        tracking.finish_parent(root, parent, "KILLED", tags={"stopped_by": "signal"})
+        raise
     if code != 0:
-        tracking.finish_parent(root, parent, ok=False, tags={"dvc_repro_exit": code})
+        say(vcs.restore_outputs(root, f"projects/{name}"))
+        tracking.finish_parent(root, parent, "FAILED", tags={"dvc_repro_exit": code})
         raise UserError(f"`dvc repro {stage}` failed (exit {code}); see the messages above. Nothing was committed")
     after = vcs.commit(root, f"{name}: dvc.lock after `dvc repro {stage}`")
     say(f"git: committed dvc.lock in {after[:10]}" if after else "git: dvc.lock unchanged (stages were up to date)")
     say(vcs.push(root))
     outputs_commit = vcs.head_commit(root)
     children = tracking.finish_parent(
-        root, parent, ok=True, tags={"git_commit_outputs": outputs_commit, "git_dirty_after": str(vcs.is_dirty(root)).lower()}
+        root, parent, "FINISHED", tags={"git_commit_outputs": outputs_commit, "git_dirty_after": str(vcs.is_dirty(root)).lower()}
     )
     if parent and children is not None:
         say(f"mlflow: {len(children)} stage run(s) recorded under {parent}")

@@ -329,6 +329,9 @@ def _mlflow_run(stage: str, paths: ProjectPaths, params: Params, sections: tuple
         _record_run(paths, stage, mlflow.get_run(run.info.run_id), experiment, parent)
         yield
         status = "FINISHED"
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+        status = "KILLED"
+        raise
     finally:
         _send({"kind": "end", "status": status}, lambda: mlflow.end_run(status))
         _run = None
@@ -454,14 +457,15 @@ def _strings(values: dict) -> dict[str, str]:
     return {key: str(value) for key, value in values.items()}
 
 
-def finish_parent(root: Path, run_id: str | None, ok: bool, tags: dict) -> list[str] | None:
-    """Close the parent run; the commit holding the new dvc.lock is tagged on it and its children.
-    With the server gone, this is kept for later (.mlflow-pending) and None is returned."""
+def finish_parent(root: Path, run_id: str | None, status: str, tags: dict) -> list[str] | None:
+    """Close the parent run (FINISHED, FAILED or KILLED); the commit holding the new dvc.lock is
+    tagged on it and its children. With the server gone, this is kept for later (.mlflow-pending)
+    and None is returned."""
     if run_id is None:
         return []
     from mlflow.entities import RunTag
 
-    tags, status = _strings(tags), "FINISHED" if ok else "FAILED"
+    tags = _strings(tags)
     try:
         client = _client(root)
         children = _children(client, run_id)

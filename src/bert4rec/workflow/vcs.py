@@ -10,9 +10,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,9 +189,58 @@ def dvc_lock_holder(root: Path) -> str | None:
 
 
 def repro(root: Path, stage: str | None, force: bool, env: dict) -> int:
-    """Run `dvc repro`, streaming its output; returns the exit code."""
-    args = ["repro"] + ([stage] if stage else []) + (["-f"] if force else [])
-    return dvc(root, *args, check=False, env=env, capture=False).returncode
+    """Run `dvc repro`, streaming its output; returns the exit code.
+
+    DVC and the stage run in a process group of their own, so that Ctrl-C or SIGTERM here stops
+    them in order: SIGTERM to the group (each stage unwinds and removes its temporaries), then
+    the interrupt goes on once every process of the group has ended (SIGKILL after UNWIND_SECONDS).
+    """
+    args = [dvc_executable(), "repro"] + ([stage] if stage else []) + (["-f"] if force else [])
+    log.debug("$ %s", " ".join(args))
+    process = subprocess.Popen(args, cwd=root, env=env, start_new_session=True)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        _stop_group(process)
+        raise
+
+
+UNWIND_SECONDS = 60.0
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    group = process.pid
+    _signal_group(group, signal.SIGTERM)
+    deadline = time.monotonic() + UNWIND_SECONDS
+    while time.monotonic() < deadline:
+        process.poll()
+        if not _signal_group(group, 0):
+            return
+        time.sleep(0.2)
+    _signal_group(group, signal.SIGKILL)
+    process.wait()
+
+
+def _signal_group(group: int, signum: int) -> bool:
+    """Send signum to a process group; False when the group has no process left."""
+    try:
+        os.killpg(group, signum)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def restore_outputs(root: Path, project_dir: str) -> str:
+    """After a failed or stopped `dvc repro`: DVC deletes a stage's outputs before running it,
+    so put back what dvc.lock records (from the cache) and the tracked metrics files from HEAD."""
+    checkout = dvc(root, "checkout", "--force", "--quiet", "--allow-missing", check=False)  # missing: never ran
+    deleted = [p for p in git(root, "ls-files", "-z", "--deleted", "--", project_dir, check=False).stdout.split("\0") if p]
+    if deleted:
+        git(root, "checkout", "HEAD", "--", *deleted, check=False)
+    if checkout.returncode != 0:
+        detail = " ".join((checkout.stderr or checkout.stdout or "").split())[:200]
+        return f"dvc checkout could not restore every earlier output ({detail})"
+    return "earlier outputs restored as dvc.lock records them (dvc checkout)"
 
 
 def remote_url(root: Path) -> tuple[str | None, str | None]:
