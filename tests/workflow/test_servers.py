@@ -73,6 +73,21 @@ def test_unreachable_tracking_server_is_one_clear_error(repo, events):
     assert result.returncode == 2 and url in result.stderr
 
 
+@pytest.mark.parametrize("store", ["htp://typo:5000", "garbage mlflow.db"])
+def test_a_tracking_store_that_cannot_open_stops_make_before_it_commits(repo, events, store):
+    repo.run("bert4rec", "project", "synth", str(events), *flags(TINY))
+    if store.endswith("mlflow.db"):
+        (repo.root / "mlflow.db").write_text("not a database")
+    else:
+        write_env(repo, MLFLOW_TRACKING_URI=store)
+    before = repo.commits()
+    result = repo.run("make", "-s", "raw", env={"BERT4REC_TRACKING": "on"}, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "MLflow tracking store" in result.stderr and "cannot be opened" in result.stderr
+    assert ("MLFLOW_TRACKING_URI" if "typo" in store else "mlflow.db") in result.stderr
+    assert repo.commits() == before
+
+
 def test_unreachable_s3_endpoint_keeps_local_results(repo, events):
     endpoint = f"http://127.0.0.1:{free_port()}"
     write_env(repo, DVC_REMOTE_URL="s3://nowhere/bert4rec", DVC_REMOTE_ENDPOINT_URL=endpoint, **KEYS)
@@ -89,6 +104,7 @@ def test_unreachable_s3_endpoint_keeps_local_results(repo, events):
 
 def test_ui_on_a_port_in_use_says_so_and_starts_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / ".git").mkdir()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -96,4 +112,12 @@ def test_ui_on_a_port_in_use_says_so_and_starts_nothing(tmp_path, monkeypatch):
         port = taken.getsockname()[1]
         with pytest.raises(UserError, match=f"127.0.0.1:{port}: cannot serve the MLflow UI there .*PORT=<n>"):
             make.main_ui(["--port", str(port)])
+    assert [p.name for p in tmp_path.iterdir()] == [".git"]
+
+
+def test_ui_outside_a_repository_creates_no_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(UserError, match="no MLflow store here .*run `make ui` from the repository's root"):
+        make.main_ui([])
     assert list(tmp_path.iterdir()) == []

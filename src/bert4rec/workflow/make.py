@@ -44,7 +44,7 @@ def run_stage(root: Path, stage: str, force: bool = False) -> int:
     name, params = projects.load_active(root)  # unknown project / invalid params fail here
     tracking.load_env(root)
     if tracking.enabled():
-        tracking.check_server(tracking.uri_for_root(root))
+        tracking.check_store(tracking.uri_for_root(root))
     say(vcs.configure_remotes(root))
     params = projects.render_pipeline(root, name, params)
     rendered = dvcyaml.render(f"projects/{name}", params, dvcyaml.load_template(root), root)
@@ -97,12 +97,16 @@ def main_ui(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=port, default=5000)
     args = parser.parse_args(argv)
     root = Path.cwd()
+    if not (root / "mlflow.db").exists() and not (root / ".git").exists():
+        raise UserError(f"{root}: no MLflow store here (mlflow.db) and not a repository's root; run `make ui` "
+                        "from the repository's root")
     uri = tracking.uri_for_root(root)
     if uri.startswith(("http://", "https://")):
-        tracking.check_server(uri)
+        tracking.check_store(uri)
         print(f"runs are on the tracking server: open {uri}")
         return 0
     require_free_port(args.port)
+    tracking.check_store(uri)
     print(f"MLflow UI on http://127.0.0.1:{args.port} (store {uri}); Ctrl-C stops it")
     command = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
                "--default-artifact-root", (root / "mlartifacts").as_uri(),

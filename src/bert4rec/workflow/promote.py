@@ -71,7 +71,7 @@ def promote(root: Path, name: str | None) -> tracking.Champion:
     if not tracking.enabled():
         raise UserError(f"promote registers the model in the MLflow Model Registry, but tracking is off "
                         f"({tracking.SWITCH}=off)")
-    tracking.check_server(tracking.uri_for_root(root))
+    tracking.check_store(tracking.uri_for_root(root))
     choice = choose(root, project, params.model_name(), name)
     experiment, valid = choice.experiment, choice.row.valid
     check_appliable(root, project, experiment)

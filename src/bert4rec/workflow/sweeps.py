@@ -234,7 +234,7 @@ def run(root: Path, name: str, workers: int) -> SweepRecord:
     project, params = projects.load_active(root)
     tracking.load_env(root)
     if tracking.enabled():
-        tracking.check_server(tracking.uri_for_root(root))
+        tracking.check_store(tracking.uri_for_root(root))
     params = projects.render_pipeline(root, project, params)
     plan = sweepfile.plan(root, name, params)
     if not dvcyaml.switches(params)["trains"]:

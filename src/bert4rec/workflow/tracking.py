@@ -152,6 +152,32 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+_opened: set[str] = set()  # stores check_store found working in this process
+
+
+def check_store(uri: str) -> None:
+    """The tracking store works, checked before anything is committed: a server answers, or a
+    database URI opens (a wrong scheme, a missing driver, a file that is not a database)."""
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+        return
+    if uri in _opened:
+        return
+    import mlflow
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as error:  # MLflow, SQLAlchemy and import errors alike: the store is unusable
+        detail = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        where = ("MLFLOW_TRACKING_URI (in .env or the environment)" if os.environ.get("MLFLOW_TRACKING_URI")
+                 else "the local store (move the damaged mlflow.db aside to start a new one)")
+        raise UserError(f"MLflow tracking store {uri} cannot be opened ({detail}); fix {where}, or set "
+                        f"{SWITCH}=off to run without tracking") from None
+    _opened.add(uri)
+
+
 def _client(root: Path):
     for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
         os.environ.setdefault(name, value)  # a server gone mid-run is noticed in seconds, not minutes
@@ -160,7 +186,7 @@ def _client(root: Path):
     for name in ("mlflow", "alembic"):  # store migrations and start-up notices are not for users
         logging.getLogger(name).setLevel(logging.WARNING)
     uri = uri_for_root(root)
-    check_server(uri)
+    check_store(uri)
     mlflow.set_tracking_uri(uri)
     return mlflow.MlflowClient(uri)
 
