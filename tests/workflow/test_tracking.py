@@ -1,3 +1,8 @@
+import json
+import logging
+
+import pytest
+
 from bert4rec.workflow import tracking
 from bert4rec.paths import ProjectPaths
 
@@ -29,7 +34,9 @@ def test_lineage_params_are_replayed_after_an_outage(tmp_path):
     run = client.create_run(client.create_experiment("lineage", artifact_location=(tmp_path / "a").as_uri()))
     entries = [{"kind": "params", "params": {"parent_run_id": "abc", "parent_model": "models:/base/3"}},
                {"kind": "tags", "tags": {"parent_model": "models:/base/3"}}, {"kind": "end", "status": "FINISHED"}]
-    tracking._replay(client, run.info.run_id, entries)
+    folder = tmp_path / run.info.run_id
+    folder.mkdir()
+    tracking._replay(client, folder, entries)
     replayed = client.get_run(run.info.run_id)
     assert replayed.data.params == {"parent_run_id": "abc", "parent_model": "models:/base/3"}
     assert replayed.data.tags["parent_model"] == "models:/base/3" and replayed.info.status == "FINISHED"
@@ -41,3 +48,48 @@ def test_sync_with_nothing_kept_opens_no_store(tmp_path, monkeypatch):
     (tmp_path / tracking.PENDING).mkdir()  # left empty by an earlier sync
     assert tracking.sync(tmp_path) == 0
     assert [p.name for p in tmp_path.iterdir()] == [str(tracking.PENDING)]
+
+
+def kept_run(root, client, lines: list[str]) -> str:
+    run = client.create_run(client.get_experiment_by_name("kept").experiment_id)
+    folder = root / tracking.PENDING / run.info.run_id
+    folder.mkdir(parents=True)
+    (folder / "journal.jsonl").write_text("".join(line + "\n" for line in lines))
+    return run.info.run_id
+
+
+@pytest.fixture
+def store(tmp_path):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_experiment("kept", artifact_location=(tmp_path / "a").as_uri())
+    return client
+
+
+def test_damaged_journals_are_set_aside_with_a_warning_and_the_rest_is_sent(tmp_path, store, caplog):
+    metrics = json.dumps({"kind": "metrics", "metrics": {"loss": 1.0}, "timestamp": 0, "step": 1})
+    good = kept_run(tmp_path, store, [metrics, json.dumps({"kind": "end", "status": "FINISHED"}), '{"kind": "met'])
+    not_json = kept_run(tmp_path, store, ["not json", metrics])
+    unknown = kept_run(tmp_path, store, [json.dumps({"no": "kind"})])
+    bad_status = kept_run(tmp_path, store, [metrics, json.dumps({"kind": "end", "status": "BOGUS"})])
+    (tmp_path / tracking.PENDING / "stray-file").write_text("x")
+    (tmp_path / tracking.PENDING / "gone-run").mkdir()
+    with caplog.at_level(logging.WARNING, logger="bert4rec.tracking"):
+        assert tracking.replay_pending(tmp_path, store) == 1
+    assert store.get_run(good).info.status == "FINISHED"  # its cut-short last line left out
+    assert [m.value for m in store.get_metric_history(good, "loss")] == [1.0]
+    assert not (tmp_path / tracking.PENDING).exists() or not any((tmp_path / tracking.PENDING).iterdir())
+    unsent = sorted(p.name for p in (tmp_path / tracking.UNSENT).iterdir())
+    assert unsent == sorted([not_json, unknown, bad_status, "stray-file", "gone-run"])
+    assert f"{not_json}/journal.jsonl: line 1 is not JSON" in caplog.text
+    assert "journal.jsonl: line 1 is not a journal entry" in caplog.text
+
+
+def test_a_replay_cut_off_goes_on_where_it_stopped(tmp_path, store):
+    lines = [json.dumps({"kind": "metrics", "metrics": {"loss": float(step)}, "timestamp": 0, "step": step})
+             for step in (1, 2, 3)]
+    run_id = kept_run(tmp_path, store, lines)
+    (tmp_path / tracking.PENDING / run_id / "sent").write_text("2")  # the first two went out before an outage
+    assert tracking.replay_pending(tmp_path, store) == 1
+    assert [m.step for m in store.get_metric_history(run_id, "loss")] == [3]

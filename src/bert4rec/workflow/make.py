@@ -132,6 +132,10 @@ def main_sync(argv: list[str] | None = None) -> int:
     """Send to the tracking server what stage runs kept while it was down (.mlflow-pending/)."""
     argparse.ArgumentParser(prog="bert4rec sync", description=main_sync.__doc__).parse_args(argv)
     root = Path.cwd()
+    kept = tracking.pending_runs(root)
+    if kept and not tracking.enabled():
+        raise UserError(f"tracking is off ({tracking.SWITCH}=off): the {len(kept)} run(s) kept in "
+                        f"{tracking.PENDING}/ are sent once it is on")
     sent = tracking.sync(root)
     print(f"sent {sent} run(s) kept while the tracking server was down" if sent else "nothing pending")
     return 0

@@ -675,6 +675,7 @@ def _log_pyfunc(model_dir: Path, name: str) -> None:
 # <stage>`, or `bert4rec sync`). A run whose journal never got its end is then marked KILLED.
 
 PENDING = Path(".mlflow-pending")
+UNSENT = Path(".mlflow-unsent")  # journals the server refused or that could not be read
 _journal: Path | None = None
 _run_root = Path(".")  # the repository of the open run
 
@@ -745,22 +746,79 @@ def pending_runs(root: Path) -> list[Path]:
 
 
 def replay_pending(root: Path, client) -> int:
-    """Send every journaled run's entries to the server; returns how many runs were completed."""
-    folders = pending_runs(root)
-    for folder in folders:
-        _replay(client, folder.name, [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()])
+    """Send every journaled run's entries to the server; returns how many runs were completed.
+    A journal the server refuses or that cannot be read is moved to .mlflow-unsent/ with a
+    warning naming it: it never stops a stage."""
+    done = 0
+    for folder in pending_runs(root):
+        try:
+            _replay(client, folder, _journal_entries(folder))
+        except Exception as error:  # MLflow refusing an entry (a run deleted, a bad status), a damaged journal
+            if _unreachable(error):
+                raise
+            _set_aside(root, folder, error)
+            continue
         shutil.rmtree(folder)
         log.info("sent what MLflow run %s missed while the tracking server was down", folder.name)
-    return len(folders)
+        done += 1
+    return done
 
 
-def _replay(client, run_id: str, entries: list[dict]) -> None:
+class BadJournal(Exception):
+    """A journal in .mlflow-pending that is not what _append_journal writes."""
+
+
+ENTRY_KINDS = ("metrics", "tags", "family_tags", "params", "artifact", "model", "end")
+
+
+def _journal_entries(folder: Path) -> list[dict]:
+    """The journal's entries; a last line cut short (the process killed while appending) is dropped."""
+    journal = folder / "journal.jsonl"
+    if not journal.is_file():
+        raise BadJournal(f"{journal} is missing")
+    lines = journal.read_text(errors="replace").splitlines()
+    entries = []
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                log.warning("%s: line %d is cut short (its process was killed while writing it); left out",
+                            journal, number)
+                break
+            raise BadJournal(f"{journal}: line {number} is not JSON") from None
+        if not isinstance(entry, dict) or entry.get("kind") not in ENTRY_KINDS:
+            raise BadJournal(f"{journal}: line {number} is not a journal entry (kind one of {', '.join(ENTRY_KINDS)})")
+        entries.append(entry)
+    return entries
+
+
+def _set_aside(root: Path, folder: Path, error: Exception) -> None:
+    target = root / UNSENT / folder.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        target = target.with_name(f"{folder.name}.{int(time.time())}")
+    shutil.move(str(folder), str(target))
+    detail = " ".join(str(error).split())[:300]
+    log.warning("MLflow run %s: what it kept while the server was down cannot be sent (%s); moved to %s",
+                folder.name, detail, target)
+
+
+def _replay(client, folder: Path, entries: list[dict]) -> None:
+    """Send the entries in order; `sent` in the folder counts those already sent, so a replay cut
+    off by an outage goes on where it stopped instead of sending metrics twice."""
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
 
+    run_id, progress = folder.name, folder / "sent"
+    done = int(progress.read_text()) if progress.is_file() and progress.read_text().strip().isdigit() else 0
     status = "KILLED"  # no end in the journal: the process died before the stage finished
-    for entry in entries:
+    for index, entry in enumerate(entries):
         kind = entry["kind"]
+        if kind == "end":
+            status = entry["status"]
+        if index < done:
+            continue
         if kind == "metrics":
             client.log_batch(run_id, metrics=[Metric(k, v, entry["timestamp"], entry["step"] or 0)
                                               for k, v in entry["metrics"].items()])
@@ -775,6 +833,5 @@ def _replay(client, run_id: str, entries: list[dict]) -> None:
         elif kind == "model" and Path(entry["folder"]).is_dir():
             with mlflow.start_run(run_id=run_id):
                 _log_pyfunc(Path(entry["folder"]), entry["name"])
-        elif kind == "end":
-            status = entry["status"]
+        progress.write_text(str(index + 1))
     client.set_terminated(run_id, status=status)
