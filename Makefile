@@ -53,30 +53,30 @@ inference: ## inference stage: top-N items (and user embeddings) per user (same 
 	$(B4R) run $@ $(F)
 
 project: | $(B4R) ## create projects/$(NAME) from DATA=<file> and make it active: make project NAME=x DATA=file
-	@test -n "$(NAME)" -a -n "$(DATA)" || { echo "usage: make project NAME=<name> DATA=<file>" >&2; exit 2; }
-	$(B4R) project "$(NAME)" "$(DATA)"
+	@test -n "$$NAME" -a -n "$$DATA" || { echo "usage: make project NAME=<name> DATA=<file>" >&2; exit 2; }
+	$(B4R) project -- "$$NAME" "$$DATA"
 
 use: ## make another project active (make use NAME=x; without NAME: list projects)
-	$(B4R) use $(NAME)
+	$(B4R) use $${NAME:+-- "$$NAME"}
 
 pipeline: ## re-render dvc.yaml for the active project from config/pipeline.yaml
 	$(B4R) pipeline
 
 sweep: | $(B4R) ## make sweep SWEEP=<name>: one DVC experiment per point of config/sweeps/<name>.yaml, run by DVC's queue (WORKERS=1)
-	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=<name> [WORKERS=n]; sweep files: config/sweeps/*.yaml" >&2; exit 2; }
-	$(B4R) sweep "$(SWEEP)" --workers $(WORKERS)
+	@test -n "$$SWEEP" || { echo "usage: make sweep SWEEP=<name> [WORKERS=n]; sweep files: config/sweeps/*.yaml" >&2; exit 2; }
+	$(B4R) sweep --workers "$(WORKERS)" -- "$$SWEEP"
 
 compare: ## the newest sweep as a table (varied params, valid/test NDCG@10, HR@10, training time) + CSV
 	$(B4R) compare
 
 promote: ## apply the newest sweep's best experiment by validation NDCG@10 (or EXP=<name>), register it @champion
-	$(B4R) promote $(if $(EXP),--exp "$(EXP)")
+	$(B4R) promote $${EXP:+--exp "$$EXP"}
 
 ui: ## MLflow UI for the local store on http://127.0.0.1:$(PORT)
-	$(B4R) ui --port $(PORT)
+	$(B4R) ui --port "$(PORT)"
 
 demo: | $(B4R) ## MovieLens-1M (GroupLens download + MD5 check, or DATA=<local copy>) through inference
-	$(B4R) demo $(if $(DATA),--data "$(DATA)")
+	$(B4R) demo $${DATA:+--data "$$DATA"}
 
 # A fresh clone: `make demo` / `make project` install first.
 $(B4R):

@@ -202,7 +202,8 @@ class Phase(Section):
 
 
 class TrainValParams(Section):
-    model_name: str | None = None  # None = generated from the hyperparameters
+    # None = generated from the hyperparameters; a folder name under models/ and results/
+    model_name: str | None = None
     # causal: SASRec-style, left-to-right attention and the next item predicted at every position
     # (the default: on ML-1M it passes the masked objective's best within 20 minutes, README);
     # masked: BERT4Rec's cloze task over a bidirectional encoder
@@ -241,6 +242,13 @@ class TrainValParams(Section):
     jit_compile: bool = False  # the encoder's forward and backward pass compiled by XLA
     deterministic_ops: bool = False
     seed: int = Field(42, ge=0)
+
+    @field_validator("model_name")
+    @classmethod
+    def _folder_name(cls, value: str | None) -> str | None:
+        if value is None or re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", value):
+            return value
+        raise ValueError("expected a folder name: letters, digits, '_', '-' or '.', at most 100 characters")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -15,32 +15,20 @@ from pathlib import Path
 
 from bert4rec.arguments import port
 from bert4rec.errors import UserError
-from bert4rec.fileio import hold_lock
 from bert4rec.workflow import dvcyaml, projects, tracking, vcs
 
 STAGES = ("raw", "tfrecord", "train_val", "test", "inference")
-REPOSITORY_LOCK = Path(".dvc") / "tmp" / "bert4rec-run.lock"
 
 
 def say(message: str) -> None:
     print(f"[bert4rec] {message}", flush=True)
 
 
-def hold_repository(root: Path, command: str) -> None:
-    """One pipeline command at a time (`make <stage>`, `make sweep`, `make promote`), and none
-    while another DVC command holds DVC's lock; the lock goes with the process."""
-    hold_lock(root / REPOSITORY_LOCK, command, "the repository is busy")
-    holder = vcs.dvc_lock_holder(root)
-    if holder:
-        raise UserError(f"the repository is busy: a DVC command (pid {holder}) holds .dvc/tmp/lock; "
-                        "wait for it to finish or stop it")
-
-
 def run_stage(root: Path, stage: str, force: bool = False) -> int:
     if stage not in STAGES:
         raise UserError(f"unknown stage '{stage}'; stages: {', '.join(STAGES)}")
     vcs.require_repo(root)
-    hold_repository(root, f"`make {stage}`")
+    vcs.hold_repository(root, f"`make {stage}`")
     name, params = projects.load_active(root)  # unknown project / invalid params fail here
     tracking.load_env(root)
     if tracking.enabled():

@@ -31,6 +31,8 @@ PROJECT_LOCK = Path("config") / "pipeline.lock"  # an inactive project's dvc.loc
 LINK_TARGET = Path("..") / ".." / "params.yaml"
 FOLDERS = ("data/external", "data/interim", "data/processed", "references", "models", "results", "config")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_LENGTH = 100
+RESERVED_INPUT_NAMES = (".gitignore", ".dvcignore", "dvc.yaml", "dvc.lock", "params.yaml")  # git's or DVC's own
 
 
 def projects(root: Path) -> list[str]:
@@ -39,8 +41,9 @@ def projects(root: Path) -> list[str]:
 
 
 def project_dir(root: Path, name: str) -> Path:
-    if not NAME.match(name or ""):
-        raise UserError(f"project name '{name}': use letters, digits, '_', '-' or '.'")
+    if not NAME.match(name or "") or len(name) > NAME_LENGTH:
+        raise UserError(f"project name '{name[:NAME_LENGTH + 20]}': use letters, digits, '_', '-' or '.', "
+                        f"at most {NAME_LENGTH} characters")
     return root / "projects" / name
 
 
@@ -63,7 +66,9 @@ def active_name(root: Path) -> str:
             "or activate one with `make use NAME=<name>`"
         )
     name = marker.read_text().strip()
-    require_project(root, name)
+    if not NAME.match(name) or not (root / "projects" / name).is_dir():
+        raise UserError(f"{marker}: names '{name}', not one of the projects ({', '.join(projects(root)) or 'none yet'}); "
+                        "activate one with `make use NAME=<name>`")
     return name
 
 
@@ -98,7 +103,13 @@ def parse_assignments(items: list[str]) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item}: expected section.key=value")
-        set_dotted(nested, key.strip(), yaml.safe_load(text) if text else None, f"--set {item}")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or "not a YAML value"
+            raise UserError(f"--set {item}: the value is not valid YAML ({problem}); quote text, e.g. "
+                            f"{key}='\"...\"'") from None
+        set_dotted(nested, key.strip(), value, f"--set {item}")
     return nested
 
 
@@ -143,7 +154,10 @@ def _activate(root: Path, name: str, folder: Path, current: str | None) -> Param
         if not own.exists() or own.is_symlink():
             raise UserError(f"{own}: project parameters not found")
         params = load_params(own)  # validate before moving anything
-        if current and (root / "projects" / current).is_dir() and (root / ROOT_PARAMS).exists():
+        if current and (root / "projects" / current).is_dir():
+            if not (root / ROOT_PARAMS).exists():
+                raise UserError(f"{root / ROOT_PARAMS}: missing; it holds the active project {current}'s parameters "
+                                "(bring it back with `git checkout -- params.yaml`), then switch")
             _deactivate(root, current)
         _write_text(root / ROOT_PARAMS, own.read_text())
         own.unlink()
@@ -194,6 +208,8 @@ def create(root: Path, name: str, data: Path, settings: dict | None = None) -> P
     data = Path(data)
     if not data.is_file():
         raise UserError(f"{data}: input file not found")
+    if data.name in RESERVED_INPUT_NAMES or data.name.endswith(".dvc"):
+        raise UserError(f"{data}: git or DVC uses the name '{data.name}' for its own files; rename the input")
     defaults = Params().model_dump(mode="json")
     base = {"raw": {"input": f"data/external/{data.name}"}}
     params = parse_params(merge(merge(defaults, base), settings or {}), "project parameters")
@@ -223,7 +239,9 @@ def main_project(argv: list[str] | None = None) -> int:
                         help="a parameter for the new project (repeatable), e.g. train_val.num_train_steps=500")
     args = parser.parse_args(argv)
     root = Path.cwd()
-    paths = create(root, args.name, args.data, parse_assignments(args.set))
+    settings = parse_assignments(args.set)
+    vcs.hold_repository(root, "`make project`")
+    paths = create(root, args.name, args.data, settings)
     print(f"project {args.name} created in {paths.root.relative_to(root)} and active")
     print(f"  parameters: params.yaml (linked from {paths.params.relative_to(root)})")
     print("  next: `make raw` ... `make inference`, or `dvc repro inference`")
@@ -241,6 +259,7 @@ def main_use(argv: list[str] | None = None) -> int:
         for name in projects(root):
             print(("* " if name == current else "  ") + name)
         return 0
+    vcs.hold_repository(root, "`make use`")
     params = activate(root, args.name)
     print(f"active project: {args.name} (model {params.model_name()}); dvc.yaml regenerated")
     return 0
@@ -254,6 +273,7 @@ def main_pipeline(argv: list[str] | None = None) -> int:
                         help="include the inference user-embeddings output (sets inference.user_embeddings)")
     args = parser.parse_args(argv)
     root = Path.cwd()
+    vcs.hold_repository(root, "`make pipeline`")
     name = active_name(root)
     updates = {k: v for k, v in (("item_predictions", args.item_predictions),
                                  ("user_embeddings", args.user_embeddings)) if v is not None}

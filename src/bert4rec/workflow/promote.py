@@ -65,7 +65,7 @@ def check_appliable(root: Path, project: str, experiment: vcs.Experiment) -> Non
 
 def promote(root: Path, name: str | None) -> tracking.Champion:
     vcs.require_repo(root)
-    make.hold_repository(root, "`make promote`")
+    vcs.hold_repository(root, "`make promote`")
     project, params = projects.load_active(root)
     tracking.load_env(root)
     if not tracking.enabled():

@@ -30,7 +30,7 @@ from bert4rec.fileio import read_typed, write_typed
 from bert4rec.params import Params
 from bert4rec.workflow import dvcyaml, projects, sweepfile, tracking, vcs
 from bert4rec.workflow.comparison import BASELINE, Row, Scores, ordered, table, write_csv
-from bert4rec.workflow.make import hold_repository, say
+from bert4rec.workflow.make import say
 
 RECORDS = Path("results") / "sweeps"
 POLL_SECONDS = 2.0
@@ -230,7 +230,7 @@ def require_no_workers(root: Path) -> None:
 
 def run(root: Path, name: str, workers: int) -> SweepRecord:
     vcs.require_repo(root)
-    hold_repository(root, f"`make sweep SWEEP={name}`")
+    vcs.hold_repository(root, f"`make sweep SWEEP={name}`")
     project, params = projects.load_active(root)
     tracking.load_env(root)
     if tracking.enabled():

@@ -79,7 +79,10 @@ def load_env(root: Path) -> None:
     """Settings from `<root>/.env` (never overriding the real environment)."""
     from dotenv import load_dotenv
 
-    load_dotenv(root / ".env", override=False)
+    try:
+        load_dotenv(root / ".env", override=False)
+    except UnicodeDecodeError as error:
+        raise UserError(f"{root / '.env'}: byte {error.start + 1} is not UTF-8 text; save the file as UTF-8") from None
 
 
 def store_root(paths: ProjectPaths) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bert4rec import credentials
 from bert4rec.errors import UserError
-from bert4rec.fileio import try_lock
+from bert4rec.fileio import hold_lock, try_lock
 
 log = logging.getLogger("bert4rec.vcs")
 
@@ -80,7 +80,25 @@ def require_repo(root: Path) -> None:
     if not is_git_repo(root):
         raise UserError(f"{root}: not a git repository; the pipeline records every run's commit (run `git init`)")
     if not (root / ".dvc").is_dir():
+        top = Path(git(root, "rev-parse", "--show-toplevel", check=False).stdout.strip() or root)
+        if top.resolve() != root.resolve() and (top / ".dvc").is_dir():
+            raise UserError(f"{root}: run this from the repository's root, {top}")
         raise UserError(f"{root}: DVC is not initialised here (run `dvc init`)")
+
+
+REPOSITORY_LOCK = Path(".dvc") / "tmp" / "bert4rec-run.lock"
+
+
+def hold_repository(root: Path, command: str) -> None:
+    """One pipeline command at a time (`make <stage>`, `make sweep`, `make promote`, switching or
+    creating a project), and none while another DVC command holds DVC's lock; the lock goes
+    with the process."""
+    require_repo(root)
+    hold_lock(root / REPOSITORY_LOCK, command, "the repository is busy")
+    holder = dvc_lock_holder(root)
+    if holder:
+        raise UserError(f"the repository is busy: a DVC command (pid {holder}) holds .dvc/tmp/lock; "
+                        "wait for it to finish or stop it")
 
 
 def head_commit(root: Path) -> str | None:
@@ -116,6 +134,7 @@ def commit(root: Path, message: str) -> str | None:
     present = [p for p in COMMIT_PATHS if (root / p).exists()]
     if not present:
         return None
+    require_committable(root)
     git(root, "add", "-A", "--", *present)
     staged = git(root, "diff", "--cached", "--name-only").stdout.split()
     forbidden = [name for name in staged if _forbidden(name)]
@@ -129,6 +148,19 @@ def commit(root: Path, message: str) -> str | None:
         return None
     git(root, "commit", "-q", "-m", message, "--", *staged)
     return head_commit(root)
+
+
+def require_committable(root: Path) -> None:
+    """Checked before anything is staged: a merge, rebase or cherry-pick in progress, or git
+    without a name and e-mail to commit with, would stop the commit half-way."""
+    for marker, what, leave in (("MERGE_HEAD", "a merge", "git merge --abort"),
+                                ("CHERRY_PICK_HEAD", "a cherry-pick", "git cherry-pick --abort"),
+                                ("REBASE_HEAD", "a rebase", "git rebase --abort")):
+        if git(root, "rev-parse", "-q", "--verify", marker, check=False).returncode == 0:
+            raise UserError(f"{what} is in progress in {root}; finish it (commit) or leave it (`{leave}`), then rerun")
+    if git(root, "var", "GIT_COMMITTER_IDENT", check=False).returncode != 0:
+        raise UserError("git has no name and e-mail to commit with; set them: git config user.name \"Your Name\" "
+                        "&& git config user.email you@example.com")
 
 
 def _forbidden(name: str) -> bool:
