@@ -39,7 +39,7 @@ def epoch_seconds(moment: datetime) -> float:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Columns(Section):
@@ -241,7 +241,7 @@ class TrainValParams(Section):
     mixed_precision: Literal["off", "mixed_bfloat16", "mixed_float16"] = "off"
     jit_compile: bool = False  # the encoder's forward and backward pass compiled by XLA
     deterministic_ops: bool = False
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # Keras' seeds are 32-bit
 
     @field_validator("model_name")
     @classmethod

@@ -136,9 +136,11 @@ def test_resume_inside_a_schedule(trained, tmp_path, capsys, monkeypatch):
     assert [(p["train"], p["start_step"], p["end_step"]) for p in info["phases"]] == \
         [(["head", "output"], 0, 20), (["all"], 20, 40)]
     assert len(read_json(model_dir(project, "child") / "checkpoints" / "phases.json", "progress")["phases"]) == 2
-    set_params(project, train_val={"finetune_schedule": SCHEDULE[::-1]})  # resumes the final state: refused
-    assert run_stage("train_val", project) == 2
-    assert "checkpoints were made with another train_val.finetune_schedule" in capsys.readouterr().err
+    set_params(project, train_val={"finetune_schedule": SCHEDULE[::-1]})  # another fingerprint: trained anew
+    assert run_stage("train_val", project) == 0
+    assert "was trained with other records, training params or model code: training anew" in capsys.readouterr().err
+    info = read_json(model_dir(project, "child") / "model.json", "model")
+    assert [(p["train"], p["start_step"]) for p in info["phases"]] == [(["all"], 0), (["head", "output"], 20)]
 
 
 @pytest.mark.slow

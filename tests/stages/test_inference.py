@@ -47,3 +47,18 @@ def test_inference_without_a_trained_model_is_refused(trained, tmp_path, capsys)
     assert run("inference", project) == 2
     assert "no trained model 'never-trained'; run the train_val stage first" in capsys.readouterr().err
     assert not (project / "results" / "never-trained").exists()
+
+
+def test_a_damaged_vocabulary_copy_in_the_model_is_one_clear_error(trained, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    project = tmp_path / "synth"
+    shutil.copytree(trained, project, symlinks=True)
+    items = model_dir(project) / "items.parquet"
+    original = pq.read_table(items)
+    items.write_text("garbage")
+    assert run_stage("inference", project) == 2
+    assert "items.parquet: not the model's readable vocabulary copy" in capsys.readouterr().err
+    pq.write_table(original.slice(0, 10), items)
+    assert run_stage("inference", project) == 2
+    assert "items.parquet: 10 items, but model 'tiny' has" in capsys.readouterr().err

@@ -27,7 +27,7 @@ def test_tiny_model_learns_the_sequential_pattern(trained):
     saved = yaml.safe_load((model_dir(trained) / "config.yaml").read_text())
     assert saved["train_val"]["num_train_steps"] == 600 and saved["tfrecord"]["max_seq_length"] == 20
     assert (model_dir(trained) / "items.parquet").read_bytes() == (trained / "references" / "items.parquet").read_bytes()
-    assert sorted(p.name for p in (model_dir(trained) / "checkpoints").iterdir()) == ["best.npz", "ckpt-600.npz"]
+    assert sorted(p.name for p in (model_dir(trained) / "checkpoints").iterdir()) == ["best.npz", "ckpt-600.npz", "fingerprint"]
     assert not any((trained / "checkpoints").iterdir())  # the resumable area is cleaned after success
     assert any((model_dir(trained) / "tensorboard").iterdir())
 
@@ -211,3 +211,26 @@ def test_causal_objective_with_sampled_softmax_buckets_and_bfloat16(tmp_path):
         keras.mixed_precision.set_global_policy("float32")
     valid = read_json(model_dir(project, "causal-mix") / "valid_metrics.json", "valid metrics")
     assert valid["ndcg_at_10"] > 1.2 * most_popular_valid_ndcg(project), valid["ndcg_at_10"]
+
+
+def test_a_diverging_run_stops_with_one_line_and_leaves_the_earlier_model(trained, tmp_path, capsys):
+    project = tmp_path / "synth"
+    shutil.copytree(trained, project, symlinks=True)
+    before = {p.name: p.read_bytes() for p in model_dir(project).iterdir() if p.is_file()}
+    set_params(project, train_val={"learning_rate": 1e4, "num_warmup_steps": 0, "log_every_steps": 5,
+                                   "num_train_steps": 40, "eval_every_steps": 40})
+    assert run("train_val", project) == 2
+    err = capsys.readouterr().err
+    assert "training diverged: the loss is nan at step 5; lower train_val.learning_rate (10000)" in err, err[-2000:]
+    assert "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in model_dir(project).iterdir() if p.is_file()} == before
+
+
+def test_a_failed_first_run_leaves_no_model_files_to_contradict_the_next(tmp_path, capsys):
+    project = new_project(tmp_path, model_name="first", batch_size=100000)
+    assert run("train_val", project) == 2
+    assert "fewer examples than train_val.batch_size" in capsys.readouterr().err
+    assert not (model_dir(project, "first") / "model.json").exists()
+    set_params(project, train_val={"batch_size": 32, "num_train_steps": 10, "eval_every_steps": 10,
+                                   "model": {"hidden_size": 16, "intermediate_size": 32}})
+    assert run("train_val", project) == 0

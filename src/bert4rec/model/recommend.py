@@ -347,6 +347,9 @@ class Recommender:
         if self.with_rank:
             taken_off, sampled = _marked_rivals(marked, marked_scores, width, target_scores)
             rank -= taken_off
+            lost = tf.math.is_nan(target_scores[:, 0])  # a diverged model: no comparison holds, so a miss
+            rank = tf.where(lost, self.num_tokens, rank)
+            sampled = tf.where(lost, tf.shape(negatives)[1], sampled)
         if order is not None:
             back = tf.math.invert_permutation(order)
             best_tokens, best_scores, rank, sampled = (tf.gather(rows, back) for rows in (best_tokens, best_scores,

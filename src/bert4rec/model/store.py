@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from bert4rec.data.manifest import Manifest
+from bert4rec.data.records import FIRST_ITEM
 from bert4rec.errors import UserError
 from bert4rec.fileio import atomic_file, read_typed, write_typed
 from bert4rec.model.network import build_model
@@ -211,4 +212,13 @@ def item_ids(folder: Path) -> pa.Array:
     path = folder / "items.parquet"
     if not path.exists():
         raise UserError(f"{path}: the model's vocabulary copy is missing; retrain the model")
-    return pq.read_table(path, columns=["item_id"]).column("item_id").combine_chunks()
+    try:
+        ids = pq.read_table(path, columns=["item_id"]).column("item_id").combine_chunks()
+    except (pa.ArrowException, OSError, KeyError) as error:
+        raise UserError(f"{path}: not the model's readable vocabulary copy ({' '.join(str(error).split())[:160]}); "
+                        "restore the file or retrain the model") from None
+    expected = read_info(folder).num_tokens - FIRST_ITEM
+    if len(ids) != expected:
+        raise UserError(f"{path}: {len(ids)} items, but model '{folder.name}' has {expected}; the file is not this "
+                        "model's vocabulary (restore it or retrain the model)")
+    return ids

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,6 +301,9 @@ class Trainer:
     def _log_training(self, loss, started: float, bar) -> None:
         state = self.state
         loss, rate = float(loss), self.rate
+        if not math.isfinite(loss):
+            raise UserError(f"training diverged: the loss is {loss} at step {state.step}; lower "
+                            f"train_val.learning_rate ({self.params.learning_rate:g}) and train again")
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{rate:.1e}", best=f"{state.best_metric:.4f}")
         log.info("step %d: loss %.4f, learning rate %.2e, epoch %d, %.0f s", state.step, loss, rate, state.epoch,
                  time.monotonic() - started)

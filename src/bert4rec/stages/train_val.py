@@ -31,6 +31,7 @@ from bert4rec.stages.common import stage_main
 from bert4rec.workflow import tracking
 
 log = logging.getLogger("bert4rec.train_val")
+FINGERPRINT = "fingerprint"  # beside a finished model's checkpoints: what they may be continued under
 
 
 def check_inputs(paths: ProjectPaths, params: Params, manifest: Manifest, folder: Path) -> None:
@@ -72,11 +73,25 @@ def keep_final_state(trainer: Trainer, folder: Path, area: Path) -> None:
             if path.exists():
                 with atomic_file(final / path.name) as tmp:
                     shutil.copy2(path, tmp)
+        with atomic_file(final / FINGERPRINT) as tmp:
+            tmp.write_text(area.name)
         for other in area.parent.iterdir():
             if other == area or not other.name.startswith(area.name):
                 shutil.rmtree(other, ignore_errors=True)
     with contextlib.suppress(OSError):
         area.parent.rmdir()  # only once no worker's area is left
+
+
+def continuable(final: Path, area: Path) -> list[Path]:
+    """The finished model's checkpoints, if it was trained with the same records, training params
+    and model code as this run (a fingerprint beside them); else none: the run trains anew."""
+    if not store.checkpoints(final):
+        return []
+    mark = final / FINGERPRINT
+    if mark.exists() and mark.read_text().strip() == area.name.split("-worker-")[0]:
+        return [final]
+    log.info("%s was trained with other records, training params or model code: training anew", final.parent)
+    return []
 
 
 def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
@@ -102,14 +117,13 @@ def train(paths: ProjectPaths, params: Params, worker: Worker, folder: Path) -> 
     parent = finetune.load_parent(paths, tv, paths.model_dir(name))
     trainer = Trainer(tv, manifest, vocabulary.item_counts(paths.item_vocab), folder / "tensorboard", area, report,
                       strategy, worker)
-    if trainer.resume(area, paths.model_dir(name) / "checkpoints"):
+    if trainer.resume(area, *continuable(paths.model_dir(name) / "checkpoints", area)):
         log.info("resumed %s from step %d", name, trainer.state.step)
     elif parent is not None:
         finetune.warm_start(trainer, parent, tv)
     info = store.ModelInfo(model_name=name, num_tokens=manifest.num_tokens, max_seq_length=manifest.max_seq_length,
                            objective=tv.objective, model=tv.model, vocabulary_sha256=manifest.vocabulary.sha256,
                            parent=parent.lineage if parent else None)
-    store.write_model_files(folder, params, info, paths.item_vocab)
     validate = recommend.Validation(manifest, tv.eval_batch_size, tv.validation_users, tv.seed)
 
     with tracking.stage_run("train_val", paths, params, sections=("train_val",), model_name=name, record=worker.chief):
@@ -142,10 +156,12 @@ def train(paths: ProjectPaths, params: Params, worker: Worker, folder: Path) -> 
 
 
 def save_model(model, folder: Path, params: Params, info: store.ModelInfo, paths: ProjectPaths) -> None:
+    """The trained model's files, written only now: a run that fails, is refused or is stopped
+    leaves an earlier model's files as they were."""
+    store.write_model_files(folder, params, info, paths.item_vocab)
     store.save_arrays(folder / store.WEIGHTS, store.weights_to_arrays(model.get_weights(), "model/"))
     export.export(model, store.item_ids(folder).to_numpy(zero_copy_only=False), info.max_seq_length,
                   folder / "saved_model")
-    store.write_model_files(folder, params, info, paths.item_vocab)
     write_json(folder / "valid_metrics.json", {"model_name": info.model_name, "step": info.best_step, **info.valid})
 
 
