@@ -55,3 +55,9 @@ def test_sampled_negatives_draw_the_same_in_blocks():
     one = metrics.sample_negatives(popularity, targets, seen, 5, np.random.default_rng(3), rows_per_draw=9)
     blocks = metrics.sample_negatives(popularity, targets, seen, 5, np.random.default_rng(3), rows_per_draw=2)
     assert (np.sort(one, 1) == np.sort(blocks, 1)).all()
+
+
+def test_a_user_with_fewer_eligible_items_than_asked_gets_them_all_and_pad():
+    popularity = np.array([0, 0, 1, 1, 1, 1, 1, 0], dtype=float)  # item 7 never drawn (popularity 0)
+    drawn = metrics.sample_negatives(popularity, np.array([4]), np.array([[2, 3]]), 5, np.random.default_rng(0))
+    assert sorted(drawn[0]) == [PAD, PAD, PAD, 5, 6]  # not the seen 2, 3, the target 4, PAD/MASK or item 7

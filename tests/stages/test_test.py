@@ -6,7 +6,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from helpers import run_stage
+from helpers import run_stage, set_params
 
 from .tiny import USERS, model_dir
 
@@ -52,3 +52,14 @@ def test_empty_test_split_is_refused(trained, tmp_path, capsys):
     assert run("test", project) == 2
     assert "the 'test' split is empty" in capsys.readouterr().err
     assert not (project / "results" / "tiny" / "test_metrics.json").exists()
+
+
+def test_more_sampled_negatives_than_a_user_has_candidates_never_rank_worse_than_the_full_catalogue(trained, tmp_path):
+    project = tmp_path / "synth"
+    shutil.copytree(trained, project, symlinks=True)
+    set_params(project, test={"sampled_negatives": 199})  # the catalogue has 200 items: every user runs short
+    assert run("test", project) == 0
+    report = json.loads((project / "results" / "tiny" / "test_metrics.json").read_text())
+    for scores in (report, report["most_popular"], report["item_to_item"]):
+        for metric in ("hit_at_1", "hit_at_10", "mrr"):
+            assert scores[f"sampled_{metric}"] >= scores[metric], (metric, scores)

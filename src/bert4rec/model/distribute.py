@@ -42,6 +42,11 @@ def cluster_worker() -> Worker:
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"TF_CONFIG is not a valid cluster description ({error}); expected "
                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}') from None
+    listed = len(cluster.get(kind, [])) if kind in ("chief", "worker") else 0
+    if not 0 <= index < listed:
+        raise UserError(f"TF_CONFIG: task {{'type': {kind!r}, 'index': {index}}} is not in the cluster, which lists "
+                        f"{len(cluster.get('chief', []))} chief and {len(cluster.get('worker', []))} worker task(s); "
+                        "expected a chief or worker index below its count")
     position = index if kind == "chief" else index + len(cluster.get("chief", []))
     chief = kind == "chief" or (kind == "worker" and index == 0 and not cluster.get("chief"))
     return Worker(position, max(len(workers), 1), chief)

@@ -50,7 +50,8 @@ def sample_negatives(popularity: np.ndarray, targets: np.ndarray, seen: np.ndarr
                      rng: np.random.Generator, rows_per_draw: int = 64) -> np.ndarray:
     """The paper's protocol: per user, `count` unseen items other than the target, drawn by
     popularity without replacement (Gumbel top-k). Drawn a few rows at a time, so memory is
-    rows_per_draw x catalogue (the random stream is the same as one draw for the whole batch)."""
+    rows_per_draw x catalogue (the random stream is the same as one draw for the whole batch).
+    A user with fewer such items gets them all, the rest of the row PAD (no negative)."""
     weights = np.asarray(popularity, dtype=np.float64)
     logp = np.where(weights > 0, np.log(np.maximum(weights, 1e-300)), -np.inf)
     n = min(count, len(weights) - FIRST_ITEM - 1)
@@ -62,7 +63,8 @@ def sample_negatives(popularity: np.ndarray, targets: np.ndarray, seen: np.ndarr
         keys[np.repeat(block, seen.shape[1]), seen[rows].reshape(-1)] = -np.inf
         keys[:, :FIRST_ITEM] = -np.inf
         keys[block, targets[rows]] = -np.inf
-        out[rows] = np.argpartition(-keys, n - 1, axis=1)[:, :n]
+        picked = np.argpartition(-keys, n - 1, axis=1)[:, :n]
+        out[rows] = np.where(np.isfinite(np.take_along_axis(keys, picked, 1)), picked, PAD)
     return out
 
 

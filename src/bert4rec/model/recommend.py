@@ -269,7 +269,7 @@ def _marked_rivals(marked, marked_scores, width: int, target_scores):
     seen, targets = marked[:, :width], marked[:, width:width + 1]
     rivals = (seen != targets) & (marked_scores[:, :width] >= target_scores)
     own = marked_scores[:, width] >= target_scores[:, 0]
-    drawn = marked_scores[:, width + 1:] >= target_scores
+    drawn = (marked_scores[:, width + 1:] >= target_scores) & (marked[:, width + 1:] >= FIRST_ITEM)  # PAD: none drawn
     return (tf.reduce_sum(tf.cast(rivals, tf.int32), 1) + tf.cast(own, tf.int32),
             tf.reduce_sum(tf.cast(drawn, tf.int32), 1))
 
