@@ -63,3 +63,20 @@ def test_more_sampled_negatives_than_a_user_has_candidates_never_rank_worse_than
     for scores in (report, report["most_popular"], report["item_to_item"]):
         for metric in ("hit_at_1", "hit_at_10", "mrr"):
             assert scores[f"sampled_{metric}"] >= scores[metric], (metric, scores)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"train_val": {"model": {"hidden_size": 16}}},
+     "params contradict the saved model 'tiny' (train_val.model.hidden_size: saved 32, params 16); rerun train_val"),
+    ({"train_val": {"objective": "causal"}}, "(train_val.objective: saved 'masked', params 'causal')"),
+    ({"tfrecord": {"max_seq_length": 30}},
+     "the records were written with other tfrecord params (tfrecord.max_seq_length: records 20, params 30); "
+     "rerun the tfrecord stage"),
+])
+def test_params_changed_since_training_are_named_not_silently_ignored(trained, tmp_path, capsys, change, message):
+    project = tmp_path / "synth"
+    shutil.copytree(trained, project, symlinks=True)
+    set_params(project, **change)
+    for stage in ("test", "inference"):
+        assert run(stage, project) == 2
+        assert message in capsys.readouterr().err, stage

@@ -87,6 +87,17 @@ class Manifest(Strict):
     def write(self, folder: Path) -> None:
         write_typed(folder / MANIFEST, self)
 
+    def require_params(self, current: TfrecordParams) -> None:
+        """The records were written with these tfrecord params (a stage run by hand after params.yaml
+        changed would otherwise train or score stale records)."""
+        written, wanted = self.params.model_dump(mode="json"), current.model_dump(mode="json")
+        changed = [f"{key}: records {written.get(key)!r}, params {value!r}" for key, value in wanted.items()
+                   if key not in NO_EFFECT_ON_OUTPUT and written.get(key) != value]
+        if changed:
+            raise UserError(f"{self.path}: the records were written with other tfrecord params ("
+                            + "; ".join(f"tfrecord.{c}" for c in changed) + "); rerun the tfrecord stage "
+                            "(`dvc repro` does) or restore the params")
+
     def split(self, name: str) -> Split:
         if name not in self.splits:
             raise UserError(f"{self.path}: no '{name}' split (task {self.task}); available: {', '.join(self.splits)}")

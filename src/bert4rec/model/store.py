@@ -179,14 +179,15 @@ def check_compatible(folder: Path, info: ModelInfo, manifest: Manifest, model: M
                         f"tfrecord.max_seq_length {manifest.max_seq_length}")
     if objective is not None and objective != info.objective:
         raise UserError(f"{folder / INFO}: params contradict the saved model '{folder.name}' (train_val.objective: "
-                        f"saved {info.objective!r}, params {objective!r}); set train_val.model_name to a new name")
+                        f"saved {info.objective!r}, params {objective!r}); rerun train_val, set train_val.model_name to a new "
+                        "name, or restore the params")
     if model is not None:
         saved, wanted = info.model.model_dump(mode="json"), model.model_dump(mode="json")
         changed = [f"train_val.model.{k}: saved {saved.get(k)!r}, params {v!r}" for k, v in wanted.items() if saved.get(k) != v]
         if changed:
             raise UserError(
                 f"{folder / INFO}: params contradict the saved model '{folder.name}' ("
-                + "; ".join(changed) + "); set train_val.model_name to a new name or restore the params"
+                + "; ".join(changed) + "); rerun train_val, set train_val.model_name to a new name, or restore the params"
             )
 
 
@@ -195,12 +196,13 @@ def require_trained(folder: Path) -> None:
         raise UserError(f"{folder / WEIGHTS}: no trained model '{folder.name}'; run the train_val stage first")
 
 
-def load_model(folder: Path, manifest: Manifest | None = None):
-    """Rebuild a trained model from model.json + weights.npz (checked against the data's vocabulary)."""
+def load_model(folder: Path, manifest: Manifest | None = None, params: TrainValParams | None = None):
+    """Rebuild a trained model from model.json + weights.npz (checked against the data's
+    vocabulary and, given params, against the architecture and objective they ask for)."""
     require_trained(folder)
     info = read_info(folder)
     if manifest is not None:
-        check_compatible(folder, info, manifest)
+        check_compatible(folder, info, manifest, params.model if params else None, params.objective if params else None)
     model = build_model(info.num_tokens, info.model, causal=info.objective == "causal")
     weights = arrays_to_weights(load_arrays(folder / WEIGHTS, "model weights"), "model/")
     set_model_weights(model, weights, folder / WEIGHTS)

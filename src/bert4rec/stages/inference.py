@@ -86,8 +86,9 @@ def run(paths: ProjectPaths, params: Params) -> dict:
         raise UserError("inference: both inference.item_predictions and inference.user_embeddings are false; "
                         "nothing to produce")
     manifest = Manifest.read(paths.records)
+    manifest.require_params(params.tfrecord)
     folder, out = paths.model_dir(name), paths.results_dir(name)
-    model, info = store.load_model(folder, manifest)
+    model, info = store.load_model(folder, manifest, params.train_val)
     recommender = recommend.Recommender(recommend.ModelScorer(model), with_rank=False)
     worker = cluster_worker()
     targets = {kind: (out / f"{kind}.parquet" if worker.count == 1 else

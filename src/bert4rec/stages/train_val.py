@@ -107,6 +107,7 @@ def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
 def train(paths: ProjectPaths, params: Params, worker: Worker, folder: Path) -> store.ModelInfo:
     tv, name = params.train_val, params.model_name()
     manifest = Manifest.read(paths.records)
+    manifest.require_params(params.tfrecord)
     check_inputs(paths, params, manifest, paths.model_dir(name))
     strategy = runtime.start(tv.distribution, tv.seed, tv.deterministic_ops, tv.mixed_precision)
 
