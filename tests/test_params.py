@@ -35,6 +35,11 @@ def test_defaults_round_trip(tmp_path):
         ({"train_val": {"finetune_schedule": [{"train": ["all"]}]}}, "train_val.finetune_schedule.0.steps"),
         ({"train_val": {"finetune_schedule": []}}, "train_val.finetune_schedule"),
         ({"train_val": {"new_item_init": "zeros"}}, "train_val.new_item_init"),
+        ({"train_val": {"batch_size": True}}, "train_val.batch_size: expected a number (got True)"),
+        ({"train_val": {"learning_rate": float("inf")}}, "train_val.learning_rate"),
+        ({"train_val": {"seed": 2**32}}, "train_val.seed"),
+        ({"train_val": {"model_name": "../other"}}, "train_val.model_name: expected a folder name"),
+        ({"raw": {"columns": {"user": True}}}, "raw.columns.user: expected a column name or a 0-based column position"),
     ],
 )
 def test_invalid_params_name_the_key(data, message):
