@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from bert4rec.errors import UserError
 
@@ -56,10 +55,17 @@ class Section(BaseModel):
 class Columns(Section):
     """Column names (str) or 0-based positions (int); None = detect."""
 
-    user: StrictStr | StrictInt | None = None  # strict: YAML's `true` is not position 1
-    item: StrictStr | StrictInt | None = None
-    timestamp: StrictStr | StrictInt | None = None
-    items: StrictStr | StrictInt | None = None  # list-of-items column of a sequence table
+    user: str | int | None = None
+    item: str | int | None = None
+    timestamp: str | int | None = None
+    items: str | int | None = None  # list-of-items column of a sequence table
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _name_or_position(cls, value):
+        if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+            return value  # YAML's `true` is not position 1
+        raise ValueError("expected a column name or a 0-based column position")
 
 
 class RawParams(Section):
@@ -346,7 +352,8 @@ def set_dotted(data: dict, key: str, value, source: str) -> None:
     data[leaf] = value
 
 
-UNION_MEMBERS = {"str": "a column name", "int": "a 0-based column position"}  # pydantic's tags in a union's errors
+UNION_MEMBERS = {"bool": "true/false", "int": "an integer", "float": "a number", "str": "text",
+                 "none": "null"}  # pydantic's tags in a union's errors
 
 
 def describe_errors(error: ValidationError, source: str) -> str:
@@ -371,8 +378,12 @@ def describe_errors(error: ValidationError, source: str) -> str:
             lines.append(f"{source}: {key}: {message}")
         else:
             lines.append(f"{source}: {key}: {message} (got {item.get('input')!r})")
-    return "\n".join(line if isinstance(line, str) else f"{source}: {line[0]}: expected {' or '.join(line[2])} "
+    return "\n".join(line if isinstance(line, str) else f"{source}: {line[0]}: expected {_one_of(line[2])} "
                      f"(got {line[1]!r})" for line in lines)
+
+
+def _one_of(kinds: list[str]) -> str:
+    return kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
 
 
 def parse_params(data: dict | None, source: str = "params") -> Params:

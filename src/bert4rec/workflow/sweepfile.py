@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bert4rec.errors import UserError
-from bert4rec.params import Params, describe_errors, parse_params, set_dotted
+from bert4rec.params import Params, describe_errors, parse_params, read_params_data, set_dotted
 from bert4rec.workflow import dvcyaml
 
 FOLDER = Path("config") / "sweeps"
@@ -118,10 +117,10 @@ def sweep_path(root: Path, name: str) -> Path:
 
 
 def read(path: Path, source: str) -> SweepFile:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UserError(f"{source}: not valid YAML: {error}".replace("\n", " ")) from None
+    try:  # bytes that are not UTF-8, bad YAML, a key given twice: named with their line
+        data = read_params_data(path)
+    except UserError as error:
+        raise UserError(str(error).replace(str(path), source, 1)) from None
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a mapping with grid and/or random (README: Sweeps)")
     try:
@@ -205,6 +204,10 @@ def plan(root: Path, name: str, base: Params) -> Plan:
     combinations = [dict(zip(sweep.grid, values)) for values in itertools.product(*sweep.grid.values())]
     points = [validated(base, {**sweep.set, **combination, **draw}, source)
               for combination in combinations for draw in draws]
+    for index, point in enumerate(points):
+        if point in points[:index]:
+            raise UserError(f"{source}: two points are the same once typed ({point}); a grid lists one value twice "
+                            "in two spellings (20 and '20'?)")
     varied = [k for k in [*sweep.grid, *(sweep.random.params if sweep.random else {})]
               if len({repr(p[k]) for p in points}) > 1]
     fixed = {k: points[0][k] for k in points[0] if k not in varied}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -366,7 +367,13 @@ def override(value) -> str:
         return {True: "true", False: "false", None: "null"}[value]
     if isinstance(value, (int, float)):
         return repr(value)
-    return json.dumps(str(value))  # quoted: any characters survive
+    # Hydra's quoted string: taken literally but for quotes (and the backslashes before them) and
+    # ${...} interpolation, so those alone are escaped (JSON's \t and \u00e9 would stay as typed)
+    text = str(value)
+    quote = "'" if '"' in text and "'" not in text else '"'
+    text = re.sub(r"(\\*)" + quote, lambda m: m.group(1) * 2 + "\\" + quote, text)
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text).replace("${", "\\${")
+    return quote + text + quote
 
 
 def exp_queue(root: Path, name: str, assignments: dict[str, object]) -> None:
