@@ -13,7 +13,7 @@ WORKERS ?= 1
 .PHONY: help install check check-faults browser $(STAGES) project use pipeline ui demo bench-data sweep compare promote
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
 
 install: ## create .venv with the pinned dependencies (requirements.lock) and the package
 	$(PYTHON) -m venv $(VENV)

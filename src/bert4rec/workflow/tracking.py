@@ -662,6 +662,7 @@ def _log_pyfunc(model_dir: Path, name: str) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no type hints on predict: the input is a DataFrame of histories
+        warnings.showwarning = lambda *args, **kwargs: None  # MLflow re-enables its notice ("once") inside
         logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the cloudpickle notice; the class is ours
         copy = Path(tmp) / "model_dir"
         shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "ckpt-*", "tensorboard", "logs"))

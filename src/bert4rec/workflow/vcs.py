@@ -311,6 +311,7 @@ def configure_remotes(root: Path, env: dict | None = None) -> str:
         if "storage" in local_names:
             dvc(root, "remote", "remove", "--local", "storage")
         return "dvc: local directory remote .dvc-remote/"
+    require_remote_url(url)
     dvc(root, "remote", "add", "--local", "--force", "storage", url)
     dvc(root, "remote", "default", "--local", "storage")
     settings = {
@@ -319,11 +320,25 @@ def configure_remotes(root: Path, env: dict | None = None) -> str:
         "secret_access_key": env.get("AWS_SECRET_ACCESS_KEY"),
         "region": env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION"),
     }
+    if not url.startswith("s3://"):  # a folder remote takes no S3 settings (AWS ones may be there for others)
+        settings = {}
     for key, value in settings.items():
         if value:
             dvc(root, "remote", "modify", "--local", "storage", key, value)
-    endpoint = credentials.without_credentials(settings["endpointurl"])
+    endpoint = credentials.without_credentials(settings.get("endpointurl"))
     return f"dvc: remote {credentials.without_credentials(url)}" + (f" (endpoint {endpoint})" if endpoint else "")
+
+
+def require_remote_url(url: str) -> None:
+    """DVC_REMOTE_URL is an S3 bucket (dvc-s3 is installed) or a folder; anything else is one line
+    before .dvc/config.local is touched."""
+    shown = credentials.without_credentials(url)
+    if re.match(r"^s3://[^/]+", url) or not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", url):
+        return
+    if url.startswith("s3:"):
+        raise UserError(f"DVC_REMOTE_URL ({shown}): expected s3://<bucket>/<path>, with a bucket name")
+    raise UserError(f"DVC_REMOTE_URL ({shown}): expected s3://<bucket>/<path> (the remote this project installs "
+                    "dvc-s3 for) or a local folder; fix it in .env")
 
 
 def dvc_push(root: Path) -> str:
