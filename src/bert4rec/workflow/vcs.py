@@ -187,8 +187,10 @@ def push(root: Path) -> str:
     result = git(root, "push", "-q", "-u", remote, current, check=False)
     if result.returncode != 0:
         url = git(root, "remote", "get-url", remote, check=False).stdout.strip()
-        lines = result.stderr.strip().splitlines()
-        return f"git: push to {remote} ({url}) failed, carrying on: {lines[-1] if lines else 'unknown error'}"
+        lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("hint:")]
+        reason = next((line.removeprefix("error: ").removeprefix("fatal: ") for line in lines
+                       if line.startswith(("error:", "fatal:", " ! "))), lines[-1] if lines else "unknown error")
+        return f"git: push to {remote} ({url}) failed, carrying on: {' '.join(reason.split())}"
     return f"git: pushed {current} to {remote}"
 
 
