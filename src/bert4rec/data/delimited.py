@@ -172,7 +172,9 @@ def sniff(path: Path, params: RawParams) -> Layout:
     return Layout(fmt, delimiter, header, names, user, item, timestamp, before + int(header), kind)
 
 
-TIME_TYPES = {"int": pa.int64(), "float": pa.float64(), "date": pa.timestamp("ns"), "zoned": pa.timestamp("ns", tz="UTC")}
+# Dates are read as the first rows' kind (Arrow's own guess is per block: a time of day after 2 MB of
+# dates failed); numbers are left to Arrow, whose float guess for a block holding one is right.
+DATE_TYPES = {"date": pa.timestamp("ns"), "zoned": pa.timestamp("ns", tz="UTC")}
 
 
 def _time_value_kind(value: str) -> str | None:
@@ -187,9 +189,8 @@ def _time_value_kind(value: str) -> str | None:
 
 
 def _time_kind(rows: list[list[str]], names: list[str], timestamp: str | None) -> str | None:
-    """The timestamp column's kind from the first rows, so that Arrow reads every block as the
-    first (its own guess is per block: a float or a time of day after 2 MB of whole numbers or
-    dates failed with no line named). None: let Arrow guess."""
+    """The timestamp column's kind from the first rows: dates are read as that kind, and a row
+    that breaks it is named by its line. None: let Arrow guess."""
     if timestamp is None:
         return None
     at = names.index(timestamp)
@@ -245,8 +246,8 @@ def _arrow_options(layout: Layout):
     quoting = delimiter in QUOTING
     parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoting else False, newlines_in_values=quoting)
     types = {inverse[layout.user]: pa.string(), inverse[layout.item]: pa.string()}
-    if layout.time_kind:
-        types[inverse[layout.timestamp]] = TIME_TYPES[layout.time_kind]
+    if layout.time_kind in DATE_TYPES:
+        types[inverse[layout.timestamp]] = DATE_TYPES[layout.time_kind]
     convert = pacsv.ConvertOptions(
         column_types=types,
         include_columns=[inverse[k] for k in keep],
