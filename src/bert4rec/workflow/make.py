@@ -57,7 +57,8 @@ def run_stage(root: Path, stage: str, force: bool = False) -> int:
     if code != 0:
         say(vcs.restore_outputs(root, f"projects/{name}"))
         tracking.finish_parent(root, parent, "FAILED", tags={"dvc_repro_exit": code})
-        raise UserError(f"`dvc repro {stage}` failed (exit {code}); see the messages above. Nothing was committed")
+        raise UserError(f"`dvc repro {stage}` failed (exit {code}); see the messages above. dvc.lock was not "
+                        "committed")
     after = vcs.commit(root, f"{name}: dvc.lock after `dvc repro {stage}`")
     say(f"git: committed dvc.lock in {after[:10]}" if after else "git: dvc.lock unchanged (stages were up to date)")
     say(vcs.push(root))
@@ -85,14 +86,14 @@ def main_ui(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=port, default=5000)
     args = parser.parse_args(argv)
     root = Path.cwd()
-    if not (root / "mlflow.db").exists() and not (root / ".git").exists():
-        raise UserError(f"{root}: no MLflow store here (mlflow.db) and not a repository's root; run `make ui` "
-                        "from the repository's root")
     uri = tracking.uri_for_root(root)
     if uri.startswith(("http://", "https://")):
         tracking.check_store(uri)
         print(f"runs are on the tracking server: open {uri}")
         return 0
+    if uri == tracking.local_store(root) and not (root / "mlflow.db").exists() and not (root / ".git").exists():
+        raise UserError(f"{root}: no MLflow store here (mlflow.db) and not a repository's root; run `make ui` "
+                        "from the repository's root")
     require_free_port(args.port)
     tracking.check_store(uri)
     print(f"MLflow UI on http://127.0.0.1:{args.port} (store {uri}); Ctrl-C stops it")

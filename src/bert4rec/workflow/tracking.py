@@ -99,13 +99,18 @@ def tracking_uri(paths: ProjectPaths) -> str:
     return uri_for_root(store_root(paths))
 
 
+def local_store(root: Path) -> str:
+    """The embedded default: a sqlite file at the repository's root."""
+    return f"sqlite:///{root.resolve() / 'mlflow.db'}"
+
+
 def uri_for_root(root: Path) -> str:
     """The tracking URI, never with credentials in it: `http://user:password@host` hands them to
     MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD, so the URI can be shown and recorded."""
     load_env(root)
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        return f"sqlite:///{root.resolve() / 'mlflow.db'}"
+        return local_store(root)
     clean, user, password = credentials.split_credentials(uri)
     if user is not None:
         os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
