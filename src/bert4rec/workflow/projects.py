@@ -258,6 +258,8 @@ def main_use(argv: list[str] | None = None) -> int:
         current = marker.read_text().strip() if marker.exists() else None
         for name in projects(root):
             print(("* " if name == current else "  ") + name)
+        if not projects(root):
+            print(f"no projects in {root / 'projects'}; create one with `make project NAME=<name> DATA=<file>`")
         return 0
     vcs.hold_repository(root, "`make use`")
     params = activate(root, args.name)
