@@ -143,6 +143,26 @@ def test_resume_inside_a_schedule(trained, tmp_path, capsys, monkeypatch):
     assert [(p["train"], p["start_step"]) for p in info["phases"]] == [(["all"], 0), (["head", "output"], 20)]
 
 
+def test_resume_inside_the_first_phase(trained, tmp_path, capsys, monkeypatch):
+    project = child_project(tmp_path, str(model_dir(trained)), finetune_schedule=SCHEDULE, save_checkpoints_steps=10,
+                            keep_checkpoints=5)
+    save = Trainer.save
+
+    def killed_after_step_ten(trainer):
+        save(trainer)
+        if trainer.state.step == 10:
+            raise KeyboardInterrupt  # as if killed inside phase 1, before its phases.json is written
+
+    monkeypatch.setattr(Trainer, "save", killed_after_step_ten)
+    assert run_stage("train_val", project) == 130
+    monkeypatch.setattr(Trainer, "save", save)
+    assert run_stage("train_val", project) == 0
+    assert "resumed child from step 10" in capsys.readouterr().err
+    info = read_json(model_dir(project, "child") / "model.json", "model")
+    assert [(p["train"], p["start_step"], p["end_step"]) for p in info["phases"]] == \
+        [(["head", "output"], 0, 20), (["all"], 20, 40)]
+
+
 @pytest.mark.slow
 def test_fine_tune_from_a_registered_mlflow_model_records_lineage(trained, tmp_path, monkeypatch):
     import mlflow

@@ -24,7 +24,9 @@ def start(repo, *args, env=None) -> subprocess.Popen:
     """A command in its own process group (make -> bert4rec run -> dvc repro -> stage)."""
     command = [str(BIN / args[0]) if args[0] in ("bert4rec", "dvc") else args[0], *args[1:]]
     return subprocess.Popen(command, cwd=repo.root, env={**repo.env, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal,
+    # even when this suite runs in the background (where a shell starts its jobs with SIGINT ignored)
 
 
 def wait_for(condition, what: str, timeout: float = 300) -> None:
@@ -156,3 +158,16 @@ def test_ctrl_c_on_make_train_val_closes_its_parent_run_as_killed(repo, events):
     runs = client.search_runs([experiment], filter_string="tags.stage = 'train_val'")
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"], output[-3000:]  # no run left RUNNING
     assert fingerprints(repo.root / "projects/synth/data/processed") == records
+
+
+def test_sigterm_to_the_run_alone_stops_dvc_and_the_stage_with_it(repo, events):
+    repo.run("bert4rec", "project", "synth", str(events), *flags(SLOW))
+    repo.run("make", "-s", "tfrecord")
+    training = start(repo, "bert4rec", "run", "train_val")
+    wait_for(lambda: any(p.name == "ckpt-40.npz" for p in checkpoints(repo)), "a checkpoint")
+    os.kill(training.pid, signal.SIGTERM)  # a scheduler stopping the command, not its process group
+    output, _ = training.communicate(timeout=120)
+    assert training.returncode == 143 and "Traceback" not in output, output[-3000:]
+    # nothing of it runs on: DVC's lock is free and the next run resumes at once
+    again = repo.run("make", "-s", "train_val")
+    assert "resumed" in again.stdout + again.stderr

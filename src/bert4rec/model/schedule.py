@@ -106,6 +106,8 @@ def _finished_phases(trainer: Trainer, phases: list[Phase], resumed_from: Path |
         return []
     found = [folder / PROGRESS for folder in (trainer.checkpoint_dir, resumed_from) if folder is not None]
     path = next((candidate for candidate in found if candidate.exists()), found[0])
+    if not path.exists() and trainer.state.step <= phases[0].steps:
+        return []  # stopped inside the first phase: the file is written when a phase ends
     if not path.exists():
         raise UserError(f"{path}: resuming at step {trainer.state.step} without the fine-tuning progress file; "
                         "delete the checkpoints to start over")

@@ -164,7 +164,8 @@ def write_model_files(folder: Path, params: Params, info: ModelInfo, vocabulary:
 
 
 def check_compatible(folder: Path, info: ModelInfo, manifest: Manifest, model: ModelParams | None = None,
-                     objective: str | None = None) -> None:
+                     objective: str | None = None,
+                     remedy: str = "rerun train_val, set train_val.model_name to a new name, or restore the params") -> None:
     """Refuse a model whose vocabulary or architecture differs from the data/params at hand."""
     if info.vocabulary_sha256 != manifest.vocabulary.sha256:
         raise UserError(
@@ -179,15 +180,14 @@ def check_compatible(folder: Path, info: ModelInfo, manifest: Manifest, model: M
                         f"tfrecord.max_seq_length {manifest.max_seq_length}")
     if objective is not None and objective != info.objective:
         raise UserError(f"{folder / INFO}: params contradict the saved model '{folder.name}' (train_val.objective: "
-                        f"saved {info.objective!r}, params {objective!r}); rerun train_val, set train_val.model_name to a new "
-                        "name, or restore the params")
+                        f"saved {info.objective!r}, params {objective!r}); {remedy}")
     if model is not None:
         saved, wanted = info.model.model_dump(mode="json"), model.model_dump(mode="json")
         changed = [f"train_val.model.{k}: saved {saved.get(k)!r}, params {v!r}" for k, v in wanted.items() if saved.get(k) != v]
         if changed:
             raise UserError(
                 f"{folder / INFO}: params contradict the saved model '{folder.name}' ("
-                + "; ".join(changed) + "); rerun train_val, set train_val.model_name to a new name, or restore the params"
+                + "; ".join(changed) + f"); {remedy}"
             )
 
 

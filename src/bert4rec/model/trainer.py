@@ -359,11 +359,12 @@ class Trainer:
         store.prune_checkpoints(self.checkpoint_dir, self.params.keep_checkpoints)
         return path
 
-    def resume(self, *folders: Path) -> bool:
+    def resume(self, *folders: Path | None) -> bool:
         """Continue from the newest checkpoint of the first of `folders` holding one (with several
-        workers: the newest step all of them hold); its best weights come along."""
+        workers: the newest step all of them hold; None stands for a folder with none, so every
+        worker makes the same agreements); its best weights come along."""
         for folder in folders:
-            saved = dict(store.checkpoints(folder))
+            saved = dict(store.checkpoints(folder)) if folder is not None else {}
             step = common_step(self.strategy, self.worker, list(saved))
             if step is None:
                 continue

@@ -99,7 +99,7 @@ def _log_phase(record: store.PhaseRecord) -> None:
                                                f"{record.end_step}, lr {record.learning_rate:g}"})
 
 
-def fit(trainer: Trainer, params: TrainValParams, validate, final_state: Path) -> tuple[LoopState, list | None]:
+def fit(trainer: Trainer, params: TrainValParams, validate, final_state: Path | None) -> tuple[LoopState, list | None]:
     """Trainer.fit(), or the phases of the fine-tuning schedule when there is one (final_state:
     where a finished run's last checkpoint and phases.json went, should training resume from there)."""
     phases = schedule.phases_for(params)

@@ -46,7 +46,8 @@ def check_inputs(paths: ProjectPaths, params: Params, manifest: Manifest, folder
                         "records hold masked copies; the causal task needs the plain windows); rerun tfrecord "
                         "with masking: dynamic, or set train_val.objective: masked")
     if (folder / store.INFO).exists():
-        store.check_compatible(folder, store.read_info(folder), manifest, model, params.train_val.objective)
+        store.check_compatible(folder, store.read_info(folder), manifest, model, params.train_val.objective,
+                               remedy="set train_val.model_name to a new name or restore the params")
         finetune.check_saved(folder, params.train_val)
 
 
@@ -82,16 +83,16 @@ def keep_final_state(trainer: Trainer, folder: Path, area: Path) -> None:
         area.parent.rmdir()  # only once no worker's area is left
 
 
-def continuable(final: Path, area: Path) -> list[Path]:
+def continuable(final: Path, area: Path) -> Path | None:
     """The finished model's checkpoints, if it was trained with the same records, training params
-    and model code as this run (a fingerprint beside them); else none: the run trains anew."""
+    and model code as this run (a fingerprint beside them); else None: the run trains anew."""
     if not store.checkpoints(final):
-        return []
+        return None
     mark = final / FINGERPRINT
     if mark.exists() and mark.read_text().strip() == area.name.split("-worker-")[0]:
-        return [final]
+        return final
     log.info("%s was trained with other records, training params or model code: training anew", final.parent)
-    return []
+    return None
 
 
 def run(paths: ProjectPaths, params: Params) -> store.ModelInfo:
@@ -118,7 +119,8 @@ def train(paths: ProjectPaths, params: Params, worker: Worker, folder: Path) -> 
     parent = finetune.load_parent(paths, tv, paths.model_dir(name))
     trainer = Trainer(tv, manifest, vocabulary.item_counts(paths.item_vocab), folder / "tensorboard", area, report,
                       strategy, worker)
-    if trainer.resume(area, *continuable(paths.model_dir(name) / "checkpoints", area)):
+    final = continuable(paths.model_dir(name) / "checkpoints", area)
+    if trainer.resume(area, final):  # every worker tries both (one agreement each), held or not
         log.info("resumed %s from step %d", name, trainer.state.step)
     elif parent is not None:
         finetune.warm_start(trainer, parent, tv)
@@ -130,7 +132,7 @@ def train(paths: ProjectPaths, params: Params, worker: Worker, folder: Path) -> 
     with tracking.stage_run("train_val", paths, params, sections=("train_val",), model_name=name, record=worker.chief):
         tracking.set_tags({"validation": f"valid_* during training: {validate.label}; best_valid_*: all users"})
         finetune.log_lineage(parent)
-        state, phases = finetune.fit(trainer, tv, validate, paths.model_dir(name) / "checkpoints")
+        state, phases = finetune.fit(trainer, tv, validate, final)
         started = time.perf_counter()
         metrics = validate.full(trainer.model)
         seconds = time.perf_counter() - started

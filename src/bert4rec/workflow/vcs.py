@@ -6,16 +6,15 @@ Keeping every call here means one place decides what gets committed (code, param
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,43 +225,44 @@ def dvc_lock_holder(root: Path) -> str | None:
 def repro(root: Path, stage: str | None, force: bool, env: dict) -> int:
     """Run `dvc repro`, streaming its output; returns the exit code.
 
-    DVC and the stage run in a process group of their own, so that Ctrl-C or SIGTERM here stops
-    them in order: SIGTERM to the group (each stage unwinds and removes its temporaries), then
-    the interrupt goes on once every process of the group has ended (SIGKILL after UNWIND_SECONDS).
+    DVC stays in the caller's process group, so whatever stops the group (Ctrl-C in the terminal,
+    a kill of `make`'s group) stops DVC and the stage with it. When only this process is stopped
+    (SIGTERM or SIGINT to it), the stop is passed on; either way it returns once they have unwound.
     """
     args = [dvc_executable(), "repro"] + ([stage] if stage else []) + (["-f"] if force else [])
     log.debug("$ %s", " ".join(args))
-    process = subprocess.Popen(args, cwd=root, env=env, start_new_session=True)
+    process = subprocess.Popen(args, cwd=root, env=env)
     try:
         return process.wait()
-    except KeyboardInterrupt:
-        _stop_group(process)
+    except KeyboardInterrupt as stop:
+        _unwind(process, passed_on=type(stop) is not KeyboardInterrupt)
         raise
 
 
 UNWIND_SECONDS = 60.0
+SIGINT_GRACE_SECONDS = 10.0
 
 
-def _stop_group(process: subprocess.Popen) -> None:
-    group = process.pid
-    _signal_group(group, signal.SIGTERM)
-    deadline = time.monotonic() + UNWIND_SECONDS
-    while time.monotonic() < deadline:
-        process.poll()
-        if not _signal_group(group, 0):
-            return
-        time.sleep(0.2)
-    _signal_group(group, signal.SIGKILL)
-    process.wait()
+def _unwind(process: subprocess.Popen, passed_on: bool) -> None:
+    """Let DVC and its stage end after an interrupt: Ctrl-C reached them too (the terminal
+    signals the whole group); a SIGTERM to this process alone, or a SIGINT that did not reach
+    them, is sent on as SIGTERM. Whatever is left after UNWIND_SECONDS is killed."""
+    import psutil
 
-
-def _signal_group(group: int, signum: int) -> bool:
-    """Send signum to a process group; False when the group has no process left."""
     try:
-        os.killpg(group, signum)
-        return True
-    except ProcessLookupError:
-        return False
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    if not passed_on:  # Ctrl-C: they stop by themselves, unless the SIGINT was sent to this process alone
+        _, family = psutil.wait_procs(family, timeout=SIGINT_GRACE_SECONDS)
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
+    _, alive = psutil.wait_procs(family, timeout=UNWIND_SECONDS)
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    process.wait()
 
 
 def restore_outputs(root: Path, project_dir: str) -> str:
