@@ -96,7 +96,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     ("grid:\n  train_val.batch_size: [8]\ngrid:\n  train_val.batch_size: [16]\n",
      "config/sweeps/s.yaml: line 3: duplicate key 'grid' (first given on line 1); give each key once"),
     ("grid:\n  train_val.num_train_steps: [true, 20]\n", "train_val.num_train_steps: expected a number (got True)"),
-    ("grid:\n  train_val.num_train_steps: [20, '20']\n", "config/sweeps/s.yaml: two points are the same once typed"),
+    ("grid:\n  train_val.num_train_steps: [20, '20']\n", "config/sweeps/s.yaml: grid: 'train_val.num_train_steps' lists 20 twice once typed ([20, '20'])"),
     ("grid:\n  train_val.learning_rate: [[0.1]]\n",
      "config/sweeps/s.yaml: grid.train_val.learning_rate.0: expected true/false, an integer, a number or text (got [0.1])"),
 ])

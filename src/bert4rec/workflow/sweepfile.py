@@ -204,10 +204,11 @@ def plan(root: Path, name: str, base: Params) -> Plan:
     combinations = [dict(zip(sweep.grid, values)) for values in itertools.product(*sweep.grid.values())]
     points = [validated(base, {**sweep.set, **combination, **draw}, source)
               for combination in combinations for draw in draws]
-    for index, point in enumerate(points):
-        if point in points[:index]:
-            raise UserError(f"{source}: two points are the same once typed ({point}); a grid lists one value twice "
-                            "in two spellings (20 and '20'?)")
+    for key, values in sweep.grid.items():  # one value in two spellings (20 and '20') is one point twice
+        typed = [validated(base, {**sweep.set, key: value}, source)[key] for value in values]
+        repeated = [value for index, value in enumerate(typed) if value in typed[:index]]
+        if repeated:
+            raise UserError(f"{source}: grid: '{key}' lists {repeated[0]!r} twice once typed ({values})")
     varied = [k for k in [*sweep.grid, *(sweep.random.params if sweep.random else {})]
               if len({repr(p[k]) for p in points}) > 1]
     fixed = {k: points[0][k] for k in points[0] if k not in varied}
