@@ -132,7 +132,7 @@ def truncated_gzip(tmp_path):
     (lambda t: write(t, "data.xlsx", "x"), {}, r"data\.xlsx: unknown input format '\.xlsx'"),
     (lambda t: write(t, "empty.txt", ""), {}, r"empty\.txt: the file is empty"),
     (lambda t: write(t, "head.csv", "user_id,item_id,timestamp\n"), {}, r"head\.csv: the file has a header but no rows"),
-    (lambda t: write(t, "cols.csv", "user_id,product,ts\n1,2,3\n"), {}, r"cols\.csv: no item column found"),
+    (lambda t: write(t, "cols.csv", "user_id,thing,ts\n1,2,3\n"), {}, r"cols\.csv: no item column found"),
     (lambda t: write(t, "cols.csv", "who,item_id\n1,2\n"), {}, r"cols\.csv: no user column found"),
     (lambda t: write(t, "cols.csv", "user_id,item_id\n1,2\n"), {"columns": {"item": "sku"}}, r"no column 'sku' \(raw\.columns\.item\)"),
     (lambda t: write(t, "nan.csv", "user_id,item_id\n1,2\n2,NaN\n"), {}, r"nan\.csv: line 3: '2,NaN' has an empty or NaN item id in column 'item_id'"),

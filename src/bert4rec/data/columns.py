@@ -13,11 +13,13 @@ import pyarrow.compute as pc
 
 from bert4rec.errors import UserError
 
-USER_NAMES = ("userid", "user", "uid", "customerid", "visitorid", "sessionid", "clientid")
-ITEM_NAMES = ("itemid", "item", "movieid", "productid", "iid", "articleid", "trackid", "sku")
+USER_NAMES = ("userid", "user", "uid", "customerid", "visitorid", "sessionid", "clientid", "customer", "visitor",
+              "client")
+ITEM_NAMES = ("itemid", "item", "movieid", "productid", "iid", "articleid", "trackid", "sku", "product", "movie",
+              "article", "track")
 TIME_NAMES = ("timestamp", "time", "ts", "datetime", "date", "eventtime", "unixtime")
 ITEMS_NAMES = ("items", "itemids", "sequence", "history", "movieids")
-MISSING_TEXT = ("nan", "null", "none", "na", "n/a", "<na>", "#n/a")  # pandas' and R's spellings of missing
+MISSING_TEXT = ("nan", "null", "none", "n/a", "<na>", "#n/a")  # not "NA": a country code, a surname
 INT64_LIMIT = 2.0**63
 INT64_MAX = 2**63 - 1
 

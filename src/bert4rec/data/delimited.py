@@ -36,7 +36,8 @@ SEPARATORS = ("::", "\t", ",", ";", "|", " ")
 QUOTING = ",;"  # separators whose fields may be quoted
 READ_ERRORS = (OSError, EOFError, zlib.error)
 COMPRESSION = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2"}  # by suffix, in any case
-csv.field_size_limit(1 << 30)  # a long quoted text column (reviews) is data, not an error
+FIELD_LIMIT = 64 << 20
+csv.field_size_limit(FIELD_LIMIT)  # a long quoted text column (reviews) is data, not an error
 
 
 class LineError(UserError):
@@ -56,12 +57,6 @@ class Layout:
     timestamp: str | None
     skip_lines: int  # physical lines before the data: leading blank/comment lines and the header
     time_kind: str | None = None  # int | float | date | zoned: from the first rows, held to the end
-
-
-def split(line: str, delimiter: str) -> list[str]:
-    if delimiter in QUOTING:
-        return next(csv.reader([line], delimiter=delimiter, quotechar='"'), [""])
-    return line.split(delimiter)
 
 
 def _open_binary(path: Path):
@@ -116,30 +111,40 @@ def _is_number(text: str) -> bool:
         return False
 
 
+def _rows(lines: list[str], delimiter: str) -> list[list[str]]:
+    """The first lines' rows; with quoting, a quoted field may hold line breaks (one row)."""
+    if delimiter in QUOTING:
+        return [row for row in csv.reader([line + "\n" for line in lines], delimiter=delimiter, quotechar='"') if row]
+    return [line.split(delimiter) for line in lines]
+
+
 def _delimiter(path: Path, lines: list[str], params: RawParams) -> str:
-    """The separator that splits every first line into the same number of fields, the most
-    fields if several do (';' over the decimal comma of '1;10;4,5'); else the first one found."""
+    """The separator that splits every first row into the same number of fields, the most fields
+    if several do (';' over the decimal comma of '1;10;4,5'); a space only if nothing else does
+    (item names hold spaces); else the first one found."""
     if params.separator is not None:
         return params.separator
     present = [candidate for candidate in SEPARATORS if candidate in lines[0]]
     if not present:
         raise UserError(f"{path}: cannot tell the column separator from its first row {lines[0]!r}; set raw.separator")
-    widths = {candidate: {len(split(line, candidate)) for line in lines} for candidate in present}
+    widths = {candidate: {len(row) for row in _rows(lines, candidate)} for candidate in present}
     steady = [candidate for candidate in present if len(widths[candidate]) == 1]
+    steady = [candidate for candidate in steady if candidate != " "] or steady
     return max(steady, key=lambda candidate: min(widths[candidate]), default=present[0])
 
 
-def _has_header(params: RawParams, fields: list[str], lines: list[str], delimiter: str) -> bool:
+def _has_header(params: RawParams, rows: list[list[str]]) -> bool:
     if params.header is not None:
         return params.header
+    fields, rows = rows[0], rows[1:]
     known = {*columns.USER_NAMES, *columns.ITEM_NAMES, *columns.TIME_NAMES}
-    if any(columns.normalise(f) in known for f in fields):
+    named = {value for value in params.columns.model_dump().values() if isinstance(value, str)}
+    if any(columns.normalise(f) in known or f.strip() in named for f in fields):
         return True
-    # Otherwise a header only if some column is a number on every later line and not on the first
+    # Otherwise a header only if some column is a number on every later row and not on the first
     # (ISBN-like ids, numeric but for an 'X', must not make the first row a header), and no first
     # field comes again below it in its column (a user's id does; a column's name does not).
-    rows = [row for row in (split(line, delimiter) for line in lines[1:]) if len(row) == len(fields)]
-    if not rows or len(rows) < len(lines) - 1 or any(_is_number(f) for f in fields):
+    if not rows or any(len(row) != len(fields) for row in rows) or any(_is_number(f) for f in fields):
         return False
     repeated = any(row[i] == field for row in rows for i, field in enumerate(fields))
     return not repeated and any(all(_is_number(row[i]) for row in rows) for i in range(len(fields)))
@@ -154,8 +159,9 @@ def sniff(path: Path, params: RawParams) -> Layout:
     if not lines:
         raise UserError(f"{path}: the file is empty; expected interactions (user, item[, timestamp])")
     delimiter = params.separator or excel_separator or _delimiter(path, lines, params)
-    fields = split(lines[0], delimiter)
-    header = _has_header(params, fields, lines, delimiter)
+    rows = _rows(lines, delimiter)
+    fields = rows[0]
+    header = _has_header(params, rows)
     if header:
         names = _header_names(fields, delimiter)
         if len(set(names)) != len(names):
@@ -164,11 +170,11 @@ def sniff(path: Path, params: RawParams) -> Layout:
             raise UserError(f"{path}: the file has a header but no rows; expected interactions")
     else:
         names = [f"column_{i}" for i in range(len(fields))]
-    user, item, timestamp = _roles(path, params, names, header, lines, delimiter)
+    user, item, timestamp = _roles(path, params, names, header, rows)
     fmt = params.format
     if fmt == "auto":
         fmt = "sequence_lines" if (len(names) == 2 and delimiter == " " and not header) else "events"
-    kind = _time_kind([split(line, delimiter) for line in lines[int(header):]], names, timestamp)
+    kind = _time_kind(rows[int(header):], names, timestamp)
     return Layout(fmt, delimiter, header, names, user, item, timestamp, before + int(header), kind)
 
 
@@ -205,8 +211,8 @@ def _header_names(fields: list[str], delimiter: str) -> list[str]:
     return [f.strip() if delimiter in QUOTING else f.strip().strip("\"'") for f in fields]
 
 
-def _roles(path: Path, params: RawParams, names: list[str], header: bool, lines: list[str],
-           delimiter: str) -> tuple[str, str, str | None]:
+def _roles(path: Path, params: RawParams, names: list[str], header: bool,
+           rows: list[list[str]]) -> tuple[str, str, str | None]:
     cols = params.columns
     user = columns.find(names, cols.user, columns.USER_NAMES, "user", path)
     item = columns.find(names, cols.item, columns.ITEM_NAMES, "item", path)
@@ -216,7 +222,7 @@ def _roles(path: Path, params: RawParams, names: list[str], header: bool, lines:
         if item is None and len(names) > 1:
             item = names[1]
         if timestamp is None and cols.timestamp is None and len(names) >= 3:
-            timestamp = _guess_headerless_time(lines, delimiter, len(names))
+            timestamp = _guess_headerless_time(rows, len(names))
     if user is None:
         raise UserError(f"{path}: no user column found among {names}; set raw.columns.user")
     if item is None:
@@ -225,9 +231,9 @@ def _roles(path: Path, params: RawParams, names: list[str], header: bool, lines:
     return user, item, timestamp
 
 
-def _guess_headerless_time(lines: list[str], delimiter: str, width: int) -> str | None:
+def _guess_headerless_time(rows: list[list[str]], width: int) -> str | None:
     """MovieLens-style `user item rating timestamp`: the last column, if it holds unix seconds."""
-    values = [split(line, delimiter)[-1] for line in lines]
+    values = [row[-1] for row in rows]
     if all(v.strip().isascii() and v.strip().isdigit() and int(v) > 10**8 for v in values):
         return f"column_{width - 1}"
     return None
@@ -330,16 +336,25 @@ def _records(path: Path, layout: Layout) -> Iterator[tuple[int, str, list[str]]]
     if layout.delimiter not in QUOTING:
         yield from ((number, line, line.split(layout.delimiter)) for number, line in lines if line)
         return
-    starts: list[tuple[int, str]] = []  # the lines the reader has taken since the last row
+    start: list[tuple[int, str]] = []  # the first line the reader took since the last row
 
     def feed() -> Iterator[str]:
         for number, line in lines:
-            starts.append((number, line))
+            if not start:
+                start.append((number, line))
             yield line + "\n"
 
-    for fields in csv.reader(feed(), delimiter=layout.delimiter, quotechar='"'):
-        number, line = starts[0]
-        starts.clear()
+    reader = csv.reader(feed(), delimiter=layout.delimiter, quotechar='"')
+    while True:
+        try:
+            fields = next(reader, None)
+        except csv.Error:  # a quote left open runs on past the field size limit
+            number, line = start[0]
+            raise UserError(f"{path}: line {number}: {line[:80]!r} opens a quote (\") that is not closed in the "
+                            f"next {FIELD_LIMIT >> 20} MB; expected one id per field") from None
+        if fields is None:
+            return
+        number, line = start.pop()
         if fields:
             yield number, line, fields
 
@@ -357,6 +372,8 @@ class _LineChecks:
         layout, width = self.layout, len(self.layout.names)
         if line.lstrip().startswith("#"):
             return "is a comment; comment lines ('#') are only allowed before the first row"
+        if len(fields) != width and any("\n" in field for field in fields):
+            return "opens a quote (\") that no later line closes where its row should end; expected one id per field"
         if len(fields) != width:
             return f"has {len(fields)} fields; expected {width} separated by {layout.delimiter!r}"
         if layout.header and _header_names(fields, layout.delimiter) == layout.names:
@@ -381,6 +398,8 @@ class _LineChecks:
             return f"has {value!r} in column '{name}'; expected a number or an ISO date"
         if self.time_kind is None:
             self.time_kind = kind
+        if kind in DATE_TYPES and not 1678 <= datetime.fromisoformat(value.strip().replace("Z", "+00:00")).year <= 2261:
+            return f"has {value!r} in column '{name}'; expected dates in 1678-2261 (nanosecond timestamps)"
         if kind == self.time_kind or (kind, self.time_kind) == ("int", "float"):
             return None
         expected = {"int": "whole numbers", "float": "numbers", "date": "dates without a time zone",
