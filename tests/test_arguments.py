@@ -22,7 +22,8 @@ def test_values_in_range_pass(kind, text, value):
     (arguments.not_negative, "-1", "an integer >= 0"), (arguments.positive, "0", "a number > 0"),
     (arguments.positive, "-2", "a number > 0"), (arguments.positive, "nan", "a number > 0"),
     (arguments.positive, "inf", "a number > 0"), (arguments.positive, "ten", "a number > 0"),
-    (arguments.catalogue_size, "1", "an integer >= 2"), (arguments.port, "0", "an integer >= 1 and <= 65535"),
+    (arguments.catalogue_size, "1", "an integer >= 2 and <= 50000000"), (arguments.population, "0", "an integer >= 1 and <= 50000000"),
+    (arguments.mean_length, "0.5", "a number >= 1"), (arguments.longest_history, "2", "an integer >= 3"), (arguments.port, "0", "an integer >= 1 and <= 65535"),
     (arguments.port, "99999", "an integer >= 1 and <= 65535"),
 ])
 def test_values_out_of_range_are_named(kind, text, expected):
@@ -42,6 +43,15 @@ def test_commands_refuse_them_before_any_work(command, tmp_path, monkeypatch, ca
     with pytest.raises(SystemExit) as stopped:
         cli.main([*command, "--work", str(tmp_path / "work")] if command[0].startswith("bench") else command)
     assert stopped.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"error: argument {option}: expected" in error and "Traceback" not in error
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: argument {option}: expected"), lines  # no usage dump
     assert list(tmp_path.iterdir()) == []
+
+
+def test_synth_never_writes_over_a_folder(tmp_path, capsys):
+    folder = tmp_path / "precious"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "keep.txt").write_text("keep")
+    assert cli.main(["synth", str(folder), "--users", "3"]) == 2
+    assert "precious: is a folder; expected a file to write (nothing was written or removed)" in capsys.readouterr().err
+    assert (folder / "sub" / "keep.txt").read_text() == "keep"

@@ -8,10 +8,15 @@ import argparse
 import math
 
 
+def one_line_error(parser: argparse.ArgumentParser, message: str) -> None:
+    """argparse's error as the one line every other error is (it printed the usage first)."""
+    parser.exit(2, f"error: {message} (`{parser.prog} --help` lists the options)\n")
+
+
 def _number(text: str, kind: type, least: float, strictly: bool = False, most: float = math.inf):
     name = "an integer" if kind is int else "a number"
     bound = f"> {least:g}" if strictly else f">= {least:g}"
-    expected = f"{name} {bound}" + (f" and <= {most:g}" if most < math.inf else "")
+    expected = f"{name} {bound}" + (f" and <= {most:.0f}" if most < math.inf else "")
     try:
         value = kind(text)
     except ValueError:
@@ -36,9 +41,27 @@ def positive(text: str) -> float:
     return _number(text, float, 0, strictly=True)
 
 
+SYNTHETIC_LIMIT = 50_000_000  # users or items of a synthetic log: beyond, more memory than one machine has
+
+
 def catalogue_size(text: str) -> int:
     """Items in a synthetic catalogue (at least two, so that there is something to rank)."""
-    return _number(text, int, 2)
+    return _number(text, int, 2, most=SYNTHETIC_LIMIT)
+
+
+def population(text: str) -> int:
+    """Users of a synthetic log."""
+    return _number(text, int, 1, most=SYNTHETIC_LIMIT)
+
+
+def mean_length(text: str) -> float:
+    """Events per user of a synthetic log, on average (at least one)."""
+    return _number(text, float, 1)
+
+
+def longest_history(text: str) -> int:
+    """The cap on a synthetic user's events (at least the shortest, 3)."""
+    return _number(text, int, 3)
 
 
 def port(text: str) -> int:

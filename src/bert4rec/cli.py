@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import logging
@@ -10,6 +11,7 @@ import signal
 import sys
 import threading
 
+from bert4rec import arguments
 from bert4rec.errors import UserError, disk_full_path, is_disk_full
 from bert4rec.fileio import release_locks
 
@@ -102,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command '{command}'\n\n{usage()}", file=sys.stderr)
         return 2
     module_name, _, function = COMMANDS[command][0].partition(":")
+    argparse.ArgumentParser.error = arguments.one_line_error  # the commands' own parsers, in this process
     try:
         entry = getattr(importlib.import_module(module_name), function or "main")
         with sigterm_unwinds():

@@ -271,6 +271,10 @@ def _put_in_place(tmp: Path, path: Path) -> None:
 @contextlib.contextmanager
 def _atomic(path: str | Path, directory: bool) -> Iterator[Path]:
     path = Path(path)
+    if path.exists() and not path.is_symlink() and (path.is_dir() != directory or not (path.is_file() or path.is_dir())):
+        what = "a folder" if path.is_dir() else "a file" if path.is_file() else "not a regular file"
+        raise UserError(f"{path}: is {what}; expected {'a folder' if directory else 'a file'} to write (nothing was "
+                        "written or removed)")
     _make_parent(path)
     with disk_full_names(path):
         tmp = _temporary(path.parent, path.name, directory)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -377,9 +377,14 @@ def describe_errors(error: ValidationError, source: str) -> str:
         if isinstance(item.get("input"), dict):  # a rule across keys: the message names them
             lines.append(f"{source}: {key}: {message}")
         else:
-            lines.append(f"{source}: {key}: {message} (got {item.get('input')!r})")
+            lines.append(f"{source}: {key}: {message} (got {_shown(item.get('input'))})")
     return "\n".join(line if isinstance(line, str) else f"{source}: {line[0]}: expected {_one_of(line[2])} "
                      f"(got {line[1]!r})" for line in lines)
+
+
+def _shown(value) -> str:
+    """A value as the user wrote it: a YAML date is 2002-01-01, not datetime.date(2002, 1, 1)."""
+    return value.isoformat() if isinstance(value, (date, datetime)) else repr(value)
 
 
 def _one_of(kinds: list[str]) -> str:

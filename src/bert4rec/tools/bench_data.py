@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from bert4rec.arguments import at_least_one, catalogue_size, positive
+from bert4rec.arguments import catalogue_size, mean_length, population
 from bert4rec.errors import UserError
 from bert4rec.fileio import write_json
 from bert4rec.tools import synthetic
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bert4rec bench-data", description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("bench/work"), help="scratch folder")
     parser.add_argument("--out", type=Path, default=Path("bench/data.json"))
-    parser.add_argument("--users", type=at_least_one, nargs="+", default=[250_000, 1_000_000])
-    parser.add_argument("--events-per-user", type=positive, default=20.0)
+    parser.add_argument("--users", type=population, nargs="+", default=[250_000, 1_000_000])
+    parser.add_argument("--events-per-user", type=mean_length, default=20.0)
     parser.add_argument("--items", type=catalogue_size, default=668_438)
     parser.add_argument("--skip-large", action="store_true", help="only ML-1M")
     args = parser.parse_args(argv)

@@ -24,10 +24,9 @@ import pyarrow.parquet as pq
 from bert4rec.arguments import positive
 from bert4rec.data.manifest import Manifest
 from bert4rec.data.vocabulary import load_vocabulary
-from bert4rec.errors import UserError
 from bert4rec.fileio import read_json, write_json
 from bert4rec.params import merge
-from bert4rec.tools.benchkit import ML100K, run_stage, scratch_project
+from bert4rec.tools.benchkit import ML100K, require_data, run_stage, scratch_project
 
 COMMON = {
     "tfrecord": {"max_seq_length": 100, "max_predictions_per_seq": 20, "num_shards": 2, "pool_size": 2},
@@ -127,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrain-seconds", type=positive, default=240.0)
     parser.add_argument("--reuse-pretrained", action="store_true", help="keep the pretrained model of the last run")
     args = parser.parse_args(argv)
-    if not args.data.exists():
-        raise UserError(f"{args.data}: ML-100K file not found (../shared/data/ml-100k beside the checkout, or --data)")
+    require_data(args.data, "ML-100K", "ml-100k")
     started, logs = time.perf_counter(), args.work / "logs"
     pretrain, later = args.work / "pretrain", args.work / "later"
     stages = {}

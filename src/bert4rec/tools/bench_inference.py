@@ -29,7 +29,7 @@ from bert4rec.errors import UserError
 from bert4rec.fileio import write_json
 from bert4rec.params import Params
 from bert4rec.tools import bench_quality
-from bert4rec.tools.benchkit import ML1M, measure, run_probe, run_stage, stage_command
+from bert4rec.tools.benchkit import ML1M, measure, require_data, run_probe, run_stage, stage_command
 
 RELEASE = "2402203"  # the last release (bench_speed.RELEASED is its training configuration)
 REPOSITORY = Path(__file__).resolve().parents[3]
@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         print(json.dumps(bench_quality.inference_speed(Path(args.probe[0]), args.probe[1])))
         return 0
-    if not args.data.exists():
-        raise UserError(f"{args.data}: ML-1M file not found (../shared/data/ml-1m beside the checkout, or --data)")
+    require_data(args.data, "ML-1M", "ml-1m")
     logs = args.work / "logs"
     print(f"the release ({RELEASE}) and today's code: records and a {args.train_minutes:g}-minute model each ...",
           flush=True)

@@ -25,7 +25,7 @@ import pandas as pd
 from bert4rec.errors import UserError
 from bert4rec.fileio import read_json, write_json
 from bert4rec.model import metrics
-from bert4rec.tools.benchkit import ML1M, measure
+from bert4rec.tools.benchkit import ML1M, measure, require_data
 
 PEER_PACKAGES = ("torch==2.13.0", "rectools[torch]==0.19.0")  # torch first: the CPU build, not CUDA's
 OURS = {"bert4rec": "masked", "sasrec": "causal"}  # the peer model and our objective it faces
@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/peer.json"))
     parser.add_argument("--models", nargs="+", choices=tuple(OURS), default=list(OURS))
     args = parser.parse_args(argv)
-    if not args.data.exists():
-        raise UserError(f"{args.data}: ML-1M file not found (../shared/data/ml-1m beside the checkout, or --data)")
+    require_data(args.data, "ML-1M", "ml-1m")
     if not args.quality.exists():
         raise UserError(f"{args.quality}: our side is missing; run `make bench-quality` first (the peer gets its budget)")
     quality = read_json(args.quality, "quality benchmark")

@@ -24,11 +24,10 @@ import yaml
 
 from bert4rec.arguments import positive
 from bert4rec.data.manifest import Manifest
-from bert4rec.errors import UserError
 from bert4rec.fileio import read_json, write_json
 from bert4rec.model import recommend, store
 from bert4rec.params import load_params
-from bert4rec.tools.benchkit import ML1M, run_stage, scratch_project
+from bert4rec.tools.benchkit import ML1M, require_data, run_stage, scratch_project
 
 STAGES = ("raw", "tfrecord", "train_val", "test", "inference")
 TARGETS = {  # issue 12: above every published BERT4Rec (masked) and SASRec+ (causal) on this protocol
@@ -124,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objective", choices=("masked", "causal", "both"), default="both")
     parser.add_argument("--minutes", type=positive, default=60.0, help="training budget per objective (wall clock)")
     args = parser.parse_args(argv)
-    if not args.data.exists():
-        raise UserError(f"{args.data}: ML-1M file not found (../shared/data/ml-1m beside the checkout, or --data)")
+    require_data(args.data, "ML-1M", "ml-1m")
     objectives = ("masked", "causal") if args.objective == "both" else (args.objective,)
     started = time.perf_counter()
     previous = read_json(args.out, "benchmark") if args.out.exists() else {}

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from bert4rec.arguments import at_least_one, catalogue_size, positive
+from bert4rec.arguments import catalogue_size, mean_length, population, positive
 from bert4rec.data.manifest import Manifest
 from bert4rec.errors import UserError
 from bert4rec.fileio import read_json, write_json
@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bert4rec bench-scale", description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("bench/scale"))
     parser.add_argument("--out", type=Path, default=Path("bench/scale.json"))
-    parser.add_argument("--users", type=at_least_one, nargs="+", default=[250_000, 1_000_000])
+    parser.add_argument("--users", type=population, nargs="+", default=[250_000, 1_000_000])
     parser.add_argument("--items", type=catalogue_size, default=668_438)
-    parser.add_argument("--events-per-user", type=positive, default=20.0)
+    parser.add_argument("--events-per-user", type=mean_length, default=20.0)
     parser.add_argument("--minutes", type=positive, nargs="+", default=[5.0, 20.0],
                         help="training budget per size (one value for all, or one per --users)")
     parser.add_argument("--reuse-model", action="store_true",

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from bert4rec.arguments import at_least_one, not_negative
-from bert4rec.errors import UserError
 from bert4rec.fileio import write_json
 from bert4rec.params import Params, merge, params_hash
-from bert4rec.tools.benchkit import ML1M, run_probe, run_stage, scratch_project
+from bert4rec.tools.benchkit import ML1M, require_data, run_probe, run_stage, scratch_project
 
 # The configuration `make bench-quality` trained with in the last release (commit 2402203).
 RELEASED = {
@@ -114,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads(args.probe)
         print(json.dumps(probe(Path(spec["project"]), spec["params"], args.steps, args.warmup)))
         return 0
-    if not args.data.exists():
-        raise UserError(f"{args.data}: ML-1M file not found (../shared/data/ml-1m beside the checkout, or --data)")
+    require_data(args.data, "ML-1M", "ml-1m")
     configs = configurations()
     projects = {name: prepare(args.work, args.data, params) for name, params in configs.items()}
     runs: dict[str, list[dict]] = {name: [] for name in configs}

@@ -23,6 +23,14 @@ ML1M = SHARED_DATA / "ml-1m" / "ml-1m.txt.gz"
 ML100K = SHARED_DATA / "ml-100k" / "u.data.gz"
 
 
+def require_data(path: Path, dataset: str, folder: str) -> None:
+    """A benchmark's --data is a file, checked before any work starts."""
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "not found"
+        raise UserError(f"{path}: {dataset} file {what}; expected the file (../shared/data/{folder} beside the "
+                        "checkout, or --data)")
+
+
 def scratch_project(root: Path, data: Path, params: dict | None = None) -> Path:
     """A project folder as projects/<name>/ holds one: the input linked into data/external and a
     params.yaml (raw.input pointing at it, then `params`)."""

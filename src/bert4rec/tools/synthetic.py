@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from bert4rec import arguments
 from bert4rec.errors import UserError
 from bert4rec.fileio import atomic_file
 
@@ -118,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bert4rec synth", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output file (.gz to compress text formats)")
     parser.add_argument("--format", choices=FORMATS, default="sequence_lines")
-    parser.add_argument("--users", type=int, default=500)
-    parser.add_argument("--items", type=int, default=200)
-    parser.add_argument("--mean-length", type=float, default=30.0)
-    parser.add_argument("--max-length", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--users", type=arguments.population, default=500)
+    parser.add_argument("--items", type=arguments.catalogue_size, default=200)
+    parser.add_argument("--mean-length", type=arguments.mean_length, default=30.0)
+    parser.add_argument("--max-length", type=arguments.longest_history, default=300)
+    parser.add_argument("--seed", type=arguments.not_negative, default=0)
     args = parser.parse_args(argv)
     table = generate(args.users, args.items, args.mean_length, args.seed, max_length=args.max_length)
     write(table, args.out, args.format)
