@@ -62,3 +62,14 @@ def test_a_damaged_vocabulary_copy_in_the_model_is_one_clear_error(trained, tmp_
     pq.write_table(original.slice(0, 10), items)
     assert run_stage("inference", project) == 2
     assert "items.parquet: 10 items, but model 'tiny' has" in capsys.readouterr().err
+
+
+def test_an_output_switched_off_does_not_stay_beside_the_new_one(trained, tmp_path):
+    project = tmp_path / "synth"
+    shutil.copytree(trained, project, symlinks=True)
+    results = project / "results" / "tiny"
+    assert run_stage("inference", project) == 0
+    assert (results / "predictions.parquet").exists() and (results / "user_embeddings.parquet").exists()
+    set_params(project, inference={"item_predictions": False})
+    assert run_stage("inference", project) == 0
+    assert not (results / "predictions.parquet").exists() and (results / "user_embeddings.parquet").exists()

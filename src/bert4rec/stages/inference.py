@@ -79,6 +79,16 @@ def merge_parts(out: Path, kinds: list[str], worker: Worker) -> None:
     parts.remove_parts(out)
 
 
+def remove_switched_off(out: Path, kinds: list[str]) -> None:
+    """An output switched off since an earlier run would be left beside the new one, from another
+    model or another run: it goes once the new outputs are in place."""
+    for kind, switch in KINDS.items():
+        stale = out / f"{kind}.parquet"
+        if kind not in kinds and stale.exists():
+            stale.unlink()
+            log.info("removed %s (inference.%s is off; it was an earlier run's)", stale, switch)
+
+
 def run(paths: ProjectPaths, params: Params) -> dict:
     ip, name = params.inference, params.model_name()
     kinds = [kind for kind, switch in KINDS.items() if getattr(ip, switch)]
@@ -107,6 +117,8 @@ def run(paths: ProjectPaths, params: Params) -> dict:
         tracking.log_metrics({"users_per_second": report["users_per_second"]})
     if worker.count > 1 and worker.chief:
         merge_parts(out, kinds, worker)
+    if worker.chief:
+        remove_switched_off(out, kinds)
     log.info("inference %s: %d users%s, top-%d in %.1fs (%.0f users/s) -> %s", name, count,
              "" if worker.count == 1 else f" (worker {worker.index + 1} of {worker.count})", ip.top_k, seconds,
              report["users_per_second"], out)
