@@ -7,6 +7,7 @@ GroupLens publishes beside the archive; with --data a local copy is used (offlin
 from __future__ import annotations
 
 import argparse
+import filecmp
 import hashlib
 import json
 import re
@@ -73,6 +74,17 @@ def download(root: Path) -> Path:
     return target
 
 
+def _require_same_input(folder: Path, data: Path | None) -> None:
+    """A --data other than the existing project's input would be ignored: refused instead."""
+    if data is None:
+        return
+    inputs = sorted(p for p in (folder / "data" / "external").glob("*") if p.is_file() and p.suffix != ".dvc")
+    if not any(p.name == data.name and filecmp.cmp(p, data, shallow=False) for p in inputs):
+        kept = ", ".join(str(p) for p in inputs) or "none"
+        raise UserError(f"{data}: project {folder.name} exists with another input ({kept}); give another --name, "
+                        f"or remove {folder} to start over")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bert4rec demo", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="local copy of ML-1M (ratings.dat or ml-1m.txt[.gz]); default: download")
@@ -82,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data is not None and not args.data.is_file():
         raise UserError(f"{args.data}: input file not found")
     if (root / "projects" / args.name).is_dir():
+        _require_same_input(root / "projects" / args.name, args.data)
         print(f"project {args.name} exists; making it active")
         projects.activate(root, args.name)
     else:
