@@ -51,7 +51,8 @@ def _read_vocabulary(path: Path, column: str) -> pa.Array:
     if not path.exists():
         raise UserError(
             f"{path}: no saved item vocabulary; the tfrecord stage writes it when raw.task is train_val_test "
-            "or train_val (rerun it), and test/inference tasks reuse the one of the project that trained the model"
+            "or train_val (rerun it); for a test or inference task copy references/items.parquet and "
+            "models/<model_name>/ from the project that trained the model (README: Model stages)"
         )
     try:
         return pq.read_table(path, columns=[column]).column(column).combine_chunks()
