@@ -117,6 +117,12 @@ def test_a_schedule_trains_exactly_the_parts_it_names(trained, tmp_path):
             assert np.array_equal(value, before[name]) != trains, (phase.train, name)
 
 
+def trained_phases(project) -> list[tuple]:
+    """(parts, start step, end step) of each phase the child model's model.json records."""
+    info = read_json(model_dir(project, "child") / "model.json", "model")
+    return [(p["train"], p["start_step"], p["end_step"]) for p in info["phases"]]
+
+
 def test_resume_inside_a_schedule(trained, tmp_path, capsys, monkeypatch):
     project = child_project(tmp_path, str(model_dir(trained)), finetune_schedule=SCHEDULE, save_checkpoints_steps=10,
                             keep_checkpoints=5)
@@ -132,9 +138,7 @@ def test_resume_inside_a_schedule(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(schedule, "configure", configure)
     assert run_stage("train_val", project) == 0
     assert "resumed child from step 20" in capsys.readouterr().err
-    info = read_json(model_dir(project, "child") / "model.json", "model")
-    assert [(p["train"], p["start_step"], p["end_step"]) for p in info["phases"]] == \
-        [(["head", "output"], 0, 20), (["all"], 20, 40)]
+    assert trained_phases(project) == [(["head", "output"], 0, 20), (["all"], 20, 40)]
     assert len(read_json(model_dir(project, "child") / "checkpoints" / "phases.json", "progress")["phases"]) == 2
     set_params(project, train_val={"finetune_schedule": SCHEDULE[::-1]})  # another fingerprint: trained anew
     assert run_stage("train_val", project) == 0
@@ -158,9 +162,7 @@ def test_resume_inside_the_first_phase(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Trainer, "save", save)
     assert run_stage("train_val", project) == 0
     assert "resumed child from step 10" in capsys.readouterr().err
-    info = read_json(model_dir(project, "child") / "model.json", "model")
-    assert [(p["train"], p["start_step"], p["end_step"]) for p in info["phases"]] == \
-        [(["head", "output"], 0, 20), (["all"], 20, 40)]
+    assert trained_phases(project) == [(["head", "output"], 0, 20), (["all"], 20, 40)]
 
 
 @pytest.mark.slow

@@ -188,8 +188,13 @@ def _time_value_kind(value: str) -> str | None:
     value = value.strip()
     if _is_number(value):
         return "int" if value.lstrip("+-").isdigit() else "float"
+    moment = _iso_moment(value)
+    return None if moment is None else "zoned" if moment.tzinfo else "date"
+
+
+def _iso_moment(value: str) -> datetime | None:
     try:
-        return "zoned" if datetime.fromisoformat(value.replace("Z", "+00:00")).tzinfo else "date"
+        return datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         return None
 
@@ -398,7 +403,7 @@ class _LineChecks:
             return f"has {value!r} in column '{name}'; expected a number or an ISO date"
         if self.time_kind is None:
             self.time_kind = kind
-        if kind in DATE_TYPES and not 1678 <= datetime.fromisoformat(value.strip().replace("Z", "+00:00")).year <= 2261:
+        if kind in DATE_TYPES and not 1678 <= _iso_moment(value).year <= 2261:
             return f"has {value!r} in column '{name}'; expected dates in 1678-2261 (nanosecond timestamps)"
         if kind == self.time_kind or (kind, self.time_kind) == ("int", "float"):
             return None

@@ -163,6 +163,11 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 _opened: set[str] = set()  # stores check_store found working in this process
 
 
+def _quiet_mlflow() -> None:
+    for name in ("mlflow", "alembic"):  # store migrations and start-up notices are not for users
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def check_store(uri: str) -> None:
     """The tracking store works, checked before anything is committed: a server answers, or a
     database URI opens (a wrong scheme, a missing driver, a file that is not a database)."""
@@ -173,8 +178,7 @@ def check_store(uri: str) -> None:
         return
     import mlflow
 
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_mlflow()
     try:
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:  # MLflow, SQLAlchemy and import errors alike: the store is unusable
@@ -191,8 +195,7 @@ def _client(root: Path):
         os.environ.setdefault(name, value)  # a server gone mid-run is noticed in seconds, not minutes
     import mlflow
 
-    for name in ("mlflow", "alembic"):  # store migrations and start-up notices are not for users
-        logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_mlflow()
     uri = uri_for_root(root)
     check_store(uri)
     mlflow.set_tracking_uri(uri)
