@@ -24,11 +24,11 @@ from .tiny import TFRECORD, TINY, USERS, model_dir
 SCHEDULE = [{"train": ["head", "output"], "steps": 20}, {"train": ["all"], "steps": 20, "learning_rate": 0.002}]
 
 
-def child_project(root, init_from, **train_val):
-    """The parent's kind of data, with items 151..200 gone and 1151..1200 new in their place."""
+def child_project(root, init_from, kept_items=150, **train_val):
+    """The parent's kind of data, with items above kept_items gone and new ones (+1000) in their place."""
     table = synthetic.generate(users=USERS, items=200, mean_length=25, seed=3, follow_prob=0.9, successors=1, zipf=0.5)
     items = table.column("item")
-    table = table.set_column(1, "item", pc.if_else(pc.greater(items, 150), pc.add(items, 1000), items))
+    table = table.set_column(1, "item", pc.if_else(pc.greater(items, kept_items), pc.add(items, 1000), items))
     data = synthetic.write(table, root / "events.txt", "sequence_lines")
     project = make_project(root / "projects" / "child", data, tfrecord=TFRECORD, inference={"top_k": 400},
                            train_val={**TINY, "model_name": "child", "init_from": init_from,
@@ -67,6 +67,14 @@ def test_an_architecture_mismatch_stops_before_anything_is_written(trained, tmp_
     assert run_stage("train_val", project) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "train_val.model.hidden_size is 16 but 32 in the parent" in errors[0], errors
+    assert not model_dir(project, "child").exists()
+
+
+def test_a_parent_sharing_no_item_is_refused(trained, tmp_path, capsys):
+    project = child_project(tmp_path, str(model_dir(trained)), kept_items=0)
+    assert run_stage("train_val", project) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "the parent model shares no item id with this project's vocabulary" in errors[0], errors
     assert not model_dir(project, "child").exists()
 
 

@@ -53,12 +53,22 @@ def load_parent(paths: ProjectPaths, params: TrainValParams, own: Path) -> Loade
     with _parent_folder(paths, params, own) as (folder, run_id):
         parent = warmstart.load_parent(folder, params.init_from)
     warmstart.check_architecture(parent, params.model, params.init_from)
-    match = warmstart.reconcile(parent.item_ids, vocabulary.load_vocabulary(paths.item_vocab))
+    item_ids = vocabulary.load_vocabulary(paths.item_vocab)
+    match = warmstart.reconcile(parent.item_ids, item_ids)
+    if len(match.tokens) == 0:
+        raise UserError(f"train_val.init_from '{params.init_from}': the parent model shares no item id with this "
+                        f"project's vocabulary ({paths.item_vocab}: e.g. {_examples(item_ids)}; the parent's: e.g. "
+                        f"{_examples(parent.item_ids)}), so nothing it learnt of items would carry over; check "
+                        "that both projects read the same id column, or leave train_val.init_from empty to train anew")
     lineage = store.ParentModel(
         source=params.init_from, model_name=parent.info.model_name, run_id=run_id,
         vocabulary_sha256=parent.info.vocabulary_sha256, shared_items=len(match.tokens),
         new_items=len(match.new_tokens), dropped_items=match.dropped, new_item_init=params.new_item_init)
     return LoadedParent(parent, match, lineage)
+
+
+def _examples(ids) -> str:
+    return ", ".join(repr(value) for value in ids[:3].to_pylist())
 
 
 def check_saved(folder: Path, params: TrainValParams) -> None:
