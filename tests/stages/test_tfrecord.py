@@ -120,7 +120,7 @@ def test_test_task_reuses_vocabulary_and_counts_unknown_items(tmp_path, syntheti
     assert (synthetic_project / "references" / "items.parquet").read_bytes() == vocab_bytes
     m = manifest(synthetic_project)
     assert set(m["splits"]) == {"test"}
-    assert m["unknown_items"] == {"input_items": 2, "targets": 1}
+    assert m["unknown_items"] == {"input_items": 1, "targets": 1}  # user 1's unknown target is no history item
     rows = sorted(read_split(synthetic_project, "test"), key=lambda r: r["user_index"][0])
     vocab = vocabulary(synthetic_project)
     assert rows[0]["target"][0] == PAD  # unknown target: a miss, not a crash

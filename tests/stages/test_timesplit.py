@@ -83,6 +83,7 @@ def test_no_target_or_input_crosses_a_boundary(split_project):
     manifest = Manifest.read(split_project / "data/processed/records")
     assert manifest.split_method == "time" and manifest.split_dates["validation_start"] == "1998-01-11T00:00:00"
     assert manifest.unknown_items.targets == 1 and manifest.splits["valid"].examples == 4
+    assert manifest.unknown_items.input_items == 1  # b's "n": a valid target, then in its test history
 
 
 def test_evaluation_readers_keep_every_target_of_a_user_in_order(split_project):

@@ -57,6 +57,13 @@ class Users:
     def training_ends(self, task: str) -> np.ndarray:
         return self.ends - HELD_OUT[task]["train"] if self.valid_from is None else self.valid_from
 
+    def unknown_before(self, reach: np.ndarray) -> int:
+        """Items unknown to the vocabulary among each user's tokens before its flat index `reach`
+        (a target that is never an input is not a history item)."""
+        lengths = self.ends - self.starts
+        flat = np.repeat(self.starts, lengths) + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return int((self.tokens[flat] < 0)[flat < np.repeat(reach, lengths)].sum())
+
     def targets(self, split: str, task: str) -> tuple[np.ndarray, np.ndarray]:
         """(user row, flat target position) per example; inference "targets" the end of the history."""
         rows = np.arange(len(self.index))
@@ -132,15 +139,18 @@ def build_shard(job: ShardJob) -> dict:
     handles = {split: open(job.out / shard_name(split, job.shard, params.num_shards), "wb") for split in splits}
     try:
         for users in _shard_users(job, vocab):
+            reach = users.starts.copy()  # per user, the end of the longest input written
             for split in splits:
                 if split == "train":
                     counts[split] += _write_training(handles[split], users, job, FIRST_ITEM + len(vocab), rng)
+                    np.maximum(reach, users.training_ends(job.task), out=reach)
                 else:
                     written, evaluated, missed = _write_evaluation(handles[split], split, users, job)
                     counts[split] += written
                     users_with[split] += evaluated
                     unknown["targets"] += missed
-            unknown["input_items"] += int((users.tokens < 0).sum())
+                    np.maximum.at(reach, *users.targets(split, job.task))
+            unknown["input_items"] += users.unknown_before(reach)
     finally:
         for handle in handles.values():
             handle.close()
