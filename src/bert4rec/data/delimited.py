@@ -15,6 +15,7 @@ from __future__ import annotations
 import bz2
 import csv
 import gzip
+import re
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -137,17 +138,32 @@ def _has_header(params: RawParams, rows: list[list[str]]) -> bool:
     if params.header is not None:
         return params.header
     fields, rows = rows[0], rows[1:]
-    known = {*columns.USER_NAMES, *columns.ITEM_NAMES, *columns.TIME_NAMES}
     named = {value for value in params.columns.model_dump().values() if isinstance(value, str)}
-    if any(columns.normalise(f) in known or f.strip() in named for f in fields):
+    if any(_known_name(f) or f.strip() in named for f in fields):
         return True
     # Otherwise a header only if some column is a number on every later row and not on the first
     # (ISBN-like ids, numeric but for an 'X', must not make the first row a header), and no first
     # field comes again below it in its column (a user's id does; a column's name does not).
     if not rows or any(len(row) != len(fields) for row in rows) or any(_is_number(f) for f in fields):
         return False
+    # Text ids: a header also if some column's values below share one shape ('u12', 'u7': letters
+    # then digits) that the first row's value does not have ('who' over 'u1').
     repeated = any(row[i] == field for row in rows for i, field in enumerate(fields))
-    return not repeated and any(all(_is_number(row[i]) for row in rows) for i in range(len(fields)))
+    return not repeated and any(all(_is_number(row[i]) for row in rows) or _odd_shape(field, [row[i] for row in rows])
+                                for i, field in enumerate(fields))
+
+
+def _known_name(field: str) -> bool:
+    return columns.normalise(field) in {*columns.USER_NAMES, *columns.ITEM_NAMES, *columns.TIME_NAMES}
+
+
+def _shape(text: str) -> str:
+    return re.sub(r"[0-9]+", "0", re.sub(r"[^\W\d_]+", "a", text.strip()))
+
+
+def _odd_shape(first: str, below: list[str]) -> bool:
+    shapes = {_shape(value) for value in below}
+    return len(below) >= 2 and len(shapes) == 1 and _shape(first) not in shapes
 
 
 def sniff(path: Path, params: RawParams) -> Layout:
@@ -228,10 +244,12 @@ def _roles(path: Path, params: RawParams, names: list[str], header: bool,
             item = names[1]
         if timestamp is None and cols.timestamp is None and len(names) >= 3:
             timestamp = _guess_headerless_time(rows, len(names))
+    guessed = header and params.header is None and not any(map(_known_name, names))
+    guessed = " (or raw.header: false if that first row is data)" if guessed else ""
     if user is None:
-        raise UserError(f"{path}: no user column found among {names}; set raw.columns.user")
+        raise UserError(f"{path}: no user column found among {names}; set raw.columns.user{guessed}")
     if item is None:
-        raise UserError(f"{path}: no item column found among {names}; set raw.columns.item")
+        raise UserError(f"{path}: no item column found among {names}; set raw.columns.item{guessed}")
     columns.require_distinct(path, user=user, item=item, timestamp=timestamp)
     return user, item, timestamp
 
