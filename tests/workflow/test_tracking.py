@@ -1,5 +1,6 @@
 import json
 import logging
+import shutil
 
 import pytest
 
@@ -93,3 +94,33 @@ def test_a_replay_cut_off_goes_on_where_it_stopped(tmp_path, store):
     (tmp_path / tracking.PENDING / run_id / "sent").write_text("2")  # the first two went out before an outage
     assert tracking.replay_pending(tmp_path, store) == 1
     assert [m.step for m in store.get_metric_history(run_id, "loss")] == [3]
+
+
+def test_kept_artifacts_and_models_are_sent_under_their_own_names_after_the_originals_are_gone(tmp_path, store,
+                                                                                              monkeypatch):
+    """A sweep point's folder is removed by DVC before the server is back: what the run kept is
+    copied into its journal, and replayed under the names the run gave."""
+    run_id = kept_run(tmp_path, store, [])
+    folder = tmp_path / tracking.PENDING / run_id
+    (folder / "files").mkdir()
+    monkeypatch.setattr(tracking, "_journal", folder)
+    work = tmp_path / "exp"
+    (work / "model" / "checkpoints").mkdir(parents=True)
+    (work / "model" / "model.json").write_text("{}")
+    (work / "model" / "checkpoints" / "ckpt-1.index").write_text("x")
+    (work / "valid_metrics.json").write_text("{}")
+    (work / "curves").mkdir()
+    (work / "curves" / "a.csv").write_text("step\n1\n")
+    tracking._send({"kind": "artifact", "file": str(work / "valid_metrics.json"), "artifact_path": None}, None)
+    tracking._send({"kind": "artifact", "file": str(work / "curves"), "artifact_path": "curves"}, None)
+    tracking._send({"kind": "model", "folder": str(work / "model"), "name": "model"}, None)
+    tracking._append_journal(folder, {"kind": "end", "status": "FINISHED"})
+    monkeypatch.setattr(tracking, "_journal", None)
+    shutil.rmtree(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)  # where sync's client points MLflow
+    assert tracking.replay_pending(tmp_path, store) == 1
+    run = store.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["model_uri"].startswith("models:/")
+    assert sorted(a.path for a in store.list_artifacts(run_id)) == ["curves", "valid_metrics.json"]
+    assert [a.path for a in store.list_artifacts(run_id, "curves")] == ["curves/a.csv"]
+    assert not (tmp_path / tracking.PENDING).exists()  # nothing left: no empty folder either

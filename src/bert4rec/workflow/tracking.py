@@ -657,6 +657,9 @@ def _pyfunc_class():
     return Bert4RecPyfunc
 
 
+NOT_SERVED = shutil.ignore_patterns("checkpoints", "ckpt-*", "tensorboard", "logs")  # left out of a logged model
+
+
 def log_model(model_dir: str | Path, name: str = "model") -> None:
     """Log models/<name>/ (without resumable checkpoints) as a pyfunc that loads back from MLflow."""
     if _run is not None:
@@ -673,7 +676,7 @@ def _log_pyfunc(model_dir: Path, name: str) -> None:
         warnings.showwarning = lambda *args, **kwargs: None  # MLflow re-enables its notice ("once") inside
         logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the cloudpickle notice; the class is ours
         copy = Path(tmp) / "model_dir"
-        shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "ckpt-*", "tensorboard", "logs"))
+        shutil.copytree(model_dir, copy, ignore=NOT_SERVED)
         info = mlflow.pyfunc.log_model(name=name, python_model=_pyfunc_class()(),
                                        artifacts={"model_dir": str(copy)}, pip_requirements=[])
     mlflow.set_tag("model_uri", info.model_uri)
@@ -716,6 +719,8 @@ def _send(entry: dict, call) -> None:
             _journal = _open_journal(error)
     if entry["kind"] == "artifact":
         entry = {**entry, "file": _keep_copy(Path(entry["file"]))}
+    elif entry["kind"] == "model":  # a sweep point's folder is gone once DVC has collected its outputs
+        entry = {**entry, "folder": _keep_copy(Path(entry["folder"]), NOT_SERVED)}
     _append_journal(_journal, entry)
 
 
@@ -735,10 +740,15 @@ def _open_journal(error: Exception) -> Path:
     return folder
 
 
-def _keep_copy(path: Path) -> str:
-    """Artifacts are copied at once: the stage may overwrite the files before the replay."""
-    target = _journal / "files" / f"{len(list((_journal / 'files').iterdir())):04d}-{path.name}"
-    (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
+def _keep_copy(path: Path, ignore=None) -> str:
+    """Artifacts and models are copied at once: the stage may overwrite or remove them before the
+    replay. Each in a numbered folder of its own, so it is sent under its own name."""
+    target = _journal / "files" / f"{len(list((_journal / 'files').iterdir())):04d}" / path.name
+    target.parent.mkdir(parents=True)
+    if path.is_dir():
+        shutil.copytree(path, target, ignore=ignore)
+    else:
+        shutil.copy2(path, target)
     return str(target)
 
 
@@ -773,6 +783,8 @@ def replay_pending(root: Path, client) -> int:
         shutil.rmtree(folder)
         log.info("sent what MLflow run %s missed while the tracking server was down", folder.name)
         done += 1
+    with contextlib.suppress(OSError):  # nothing left to send: no empty folder behind
+        (root / PENDING).rmdir()
     return done
 
 
@@ -842,7 +854,10 @@ def _replay(client, folder: Path, entries: list[dict]) -> None:
         elif kind == "artifact":
             path = Path(entry["file"])
             (client.log_artifacts if path.is_dir() else client.log_artifact)(run_id, str(path), entry["artifact_path"])
-        elif kind == "model" and Path(entry["folder"]).is_dir():
+        elif kind == "model" and not Path(entry["folder"]).is_dir():
+            log.warning("MLflow run %s: its model folder %s is gone (kept by an older version, which did not "
+                        "copy it); the run is sent without its model", run_id, entry["folder"])
+        elif kind == "model":
             with mlflow.start_run(run_id=run_id):
                 _log_pyfunc(Path(entry["folder"]), entry["name"])
         progress.write_text(str(index + 1))
