@@ -124,3 +124,59 @@ def test_kept_artifacts_and_models_are_sent_under_their_own_names_after_the_orig
     assert sorted(a.path for a in store.list_artifacts(run_id)) == ["curves", "valid_metrics.json"]
     assert [a.path for a in store.list_artifacts(run_id, "curves")] == ["curves/a.csv"]
     assert not (tmp_path / tracking.PENDING).exists()  # nothing left: no empty folder either
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("file:///tmp/mlruns", r"expected a tracking server \(http://host:port\) or a database"),
+    ("127.0.0.1:5000", r"expected a tracking server \(http://host:port\) or a database"),
+    ("sqlite:////nowhere/at/all/mlflow.db", r"the folder /nowhere/at/all does not exist"),
+])
+def test_a_tracking_uri_of_the_wrong_kind_is_one_line(uri, message, tmp_path):
+    with pytest.raises(tracking.UserError, match=message):
+        tracking.check_store(uri)
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("status, message", [
+    (404, r"does not answer as an MLflow tracking server \(HTTP 404 on /health\)"),
+    (401, r"refused the credentials \(HTTP 401 on /health\); set MLFLOW_TRACKING_USERNAME"),
+])
+def test_an_http_server_that_is_not_mlflow_is_refused_up_front(status, message):
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(status)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(tracking.UserError, match=message):
+            tracking.check_store(f"http://127.0.0.1:{server.server_port}/extra/path")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("A=1\n\n# note\nMLFLOW_TRACKING_URI http://127.0.0.1:5000\n",
+     r"\.env: line 4 \(starting 'MLFLOW_TRACKING_URI'\) is not KEY=value"),
+    ("A=1\n\nAWS_SECRET_ACCESS_KEY=\"s3cr3t\n", r"\.env: line 3 \(starting 'AWS_SECRET_ACCESS_KEY'\) is not KEY=value"),
+])
+def test_a_line_of_dotenv_that_is_not_a_setting_is_one_line_without_its_value(tmp_path, text, message, monkeypatch):
+    monkeypatch.delenv("A", raising=False)
+    (tmp_path / ".env").write_text(text)
+    with pytest.raises(tracking.UserError, match=message) as error:
+        tracking.load_env(tmp_path)
+    assert "s3cr3t" not in str(error.value) and "5000\n" not in str(error.value)
+
+
+def test_dotenv_as_a_folder_is_one_line(tmp_path):
+    (tmp_path / ".env").mkdir()
+    with pytest.raises(tracking.UserError, match=r"\.env: is a folder; expected a file of KEY=value lines"):
+        tracking.load_env(tmp_path)

@@ -1,6 +1,7 @@
 """The git/DVC module's own checks (the workflow through it: test_make, test_end_to_end)."""
 
 import fcntl
+import subprocess
 
 import pytest
 
@@ -22,9 +23,24 @@ def test_dvc_lock_holder_names_the_process_holding_dvcs_lock(tmp_path):
 
 
 @pytest.mark.parametrize("url, problem", [("s3://", "with a bucket name"), ("gs://bucket/x", "or a local folder"),
-                                          ("https://host/x", "or a local folder")])
-def test_a_remote_this_project_cannot_use_is_one_line(url, problem):
+                                          ("https://host/x", "or a local folder"),
+                                          ("b4r/store", "b4r/store is inside the repository"),
+                                          ("./", "is inside the repository")])
+def test_a_remote_this_project_cannot_use_is_one_line(url, problem, tmp_path):
     with pytest.raises(UserError, match=problem):
-        vcs.require_remote_url(url)
+        vcs.require_remote_url(url, tmp_path)
     for fine in ("s3://bucket/path", "/srv/dvc-remote", "../remote"):
-        vcs.require_remote_url(fine)
+        vcs.require_remote_url(fine, tmp_path)
+
+
+def test_an_endpoint_without_a_remote_url_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="DVC_REMOTE_ENDPOINT_URL is set .* but DVC_REMOTE_URL is not"):
+        vcs.configure_remotes(tmp_path, {"DVC_REMOTE_ENDPOINT_URL": "http://127.0.0.1:9000"})
+
+
+def test_a_failed_dvc_command_is_told_by_its_error_line_not_the_support_footer():
+    stderr = ("Collecting\nERROR: unexpected error - Could not connect to the endpoint URL: \"http://h/x\"\n\n"
+              "Having any troubles? Hit us up at https://dvc.org/support, we are always happy to help!\n")
+    result = subprocess.CompletedProcess([], 255, "", stderr)
+    assert vcs.dvc_reason(result) == 'unexpected error - Could not connect to the endpoint URL: "http://h/x"'
+    assert vcs.dvc_reason(subprocess.CompletedProcess([], 1, "", "")) == "unknown error"

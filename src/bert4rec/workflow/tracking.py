@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -78,11 +80,25 @@ def repository_root(paths: ProjectPaths) -> Path:
 def load_env(root: Path) -> None:
     """Settings from `<root>/.env` (never overriding the real environment)."""
     from dotenv import load_dotenv
+    from dotenv.parser import parse_stream
 
+    path = root / ".env"
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; expected a file of KEY=value lines (see .env.example)")
+    if not path.exists():
+        return
     try:
-        load_dotenv(root / ".env", override=False)
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise UserError(f"{root / '.env'}: byte {error.start + 1} is not UTF-8 text; save the file as UTF-8") from None
+        raise UserError(f"{path}: byte {error.start + 1} is not UTF-8 text; save the file as UTF-8") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:  # its text may hold a secret: only the start of the line is shown
+            original = binding.original.string
+            line = binding.original.line + len(original) - len(original.lstrip("\r\n"))
+            start = re.match(r"\s*([A-Za-z0-9_.]{0,40})", original.lstrip("\r\n")).group(1)
+            raise UserError(f"{path}: line {line} (starting {start!r}) is not KEY=value; expected lines like "
+                            "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (see .env.example)")
+    load_dotenv(stream=io.StringIO(text), override=False)
 
 
 def store_root(paths: ProjectPaths) -> Path:
@@ -146,12 +162,17 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     elif token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            if response.status >= 500:
-                raise UserError(f"MLflow tracking server {uri} answered HTTP {response.status}")
+        with urllib.request.urlopen(request, timeout=timeout):
+            pass
     except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            raise UserError(f"MLflow tracking server {uri} refused the credentials (HTTP {error.code} on /health); "
+                            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
+                            "in .env") from None
         if error.code >= 500:
             raise UserError(f"MLflow tracking server {uri} answered HTTP {error.code}") from None
+        raise UserError(f"MLFLOW_TRACKING_URI {uri} does not answer as an MLflow tracking server (HTTP {error.code} "
+                        "on /health); expected the server's address, e.g. http://127.0.0.1:5000") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise UserError(
@@ -176,6 +197,13 @@ def check_store(uri: str) -> None:
         return
     if uri in _opened:
         return
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme in ("", "file"):
+        raise UserError(f"MLFLOW_TRACKING_URI {uri}: expected a tracking server (http://host:port) or a database "
+                        "(sqlite:///path/mlflow.db, postgresql://…); MLflow's folder stores are not supported")
+    if scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).parent.is_dir():
+        raise UserError(f"MLFLOW_TRACKING_URI {uri}: the folder {Path(uri.removeprefix('sqlite:///')).parent} does "
+                        "not exist; create it or fix the path (sqlite:////abs/path.db for an absolute path)")
     import mlflow
 
     _quiet_mlflow()

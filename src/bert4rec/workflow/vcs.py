@@ -303,17 +303,20 @@ def configure_remotes(root: Path, env: dict | None = None) -> str:
     credentials go to `.dvc/config.local`, which DVC keeps out of git.
     """
     env = dict(os.environ if env is None else env)
+    url = env.get("DVC_REMOTE_URL", "").strip()
+    if not url and env.get("DVC_REMOTE_ENDPOINT_URL", "").strip():
+        raise UserError("DVC_REMOTE_ENDPOINT_URL is set (in .env or the environment) but DVC_REMOTE_URL is not: "
+                        "set DVC_REMOTE_URL=s3://<bucket>/<path> too, or remove the endpoint to use the local remote")
     names = dvc(root, "remote", "list", "--project", check=False).stdout.split()[::2]
     if "local" not in names:
         dvc(root, "remote", "add", "--project", "local", ".dvc-remote")
         dvc(root, "remote", "default", "--project", "local")
-    url = env.get("DVC_REMOTE_URL", "").strip()
     if not url:
         local_names = dvc(root, "remote", "list", "--local", check=False).stdout.split()[::2]
         if "storage" in local_names:
             dvc(root, "remote", "remove", "--local", "storage")
         return "dvc: local directory remote .dvc-remote/"
-    require_remote_url(url)
+    require_remote_url(url, root)
     dvc(root, "remote", "add", "--local", "--force", "storage", url)
     dvc(root, "remote", "default", "--local", "storage")
     settings = {
@@ -331,11 +334,18 @@ def configure_remotes(root: Path, env: dict | None = None) -> str:
     return f"dvc: remote {credentials.without_credentials(url)}" + (f" (endpoint {endpoint})" if endpoint else "")
 
 
-def require_remote_url(url: str) -> None:
+def require_remote_url(url: str, root: Path) -> None:
     """DVC_REMOTE_URL is an S3 bucket (dvc-s3 is installed) or a folder; anything else is one line
     before .dvc/config.local is touched."""
     shown = credentials.without_credentials(url)
-    if re.match(r"^s3://[^/]+", url) or not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", url):
+    if re.match(r"^s3://[^/]+", url):
+        return
+    if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", url):
+        folder = (root / Path(url).expanduser()).resolve()  # DVC reads a relative path from the repository root
+        if folder.is_relative_to(root.resolve()):
+            raise UserError(f"DVC_REMOTE_URL ({shown}): the folder {folder} is inside the repository, where its "
+                            "files would show as untracked; give a folder outside it (e.g. /srv/dvc-store) or "
+                            "s3://<bucket>/<path>")
         return
     if url.startswith("s3:"):
         raise UserError(f"DVC_REMOTE_URL ({shown}): expected s3://<bucket>/<path>, with a bucket name")
@@ -343,29 +353,36 @@ def require_remote_url(url: str) -> None:
                     "dvc-s3 for) or a local folder; fix it in .env")
 
 
+def dvc_reason(result: subprocess.CompletedProcess) -> str:
+    """DVC's own error line (credentials masked), not the support footer it prints after it."""
+    lines = [line.strip() for line in credentials.masked(result.stderr or result.stdout).splitlines()]
+    lines = [line for line in lines if line and "dvc.org/support" not in line and "Having any troubles" not in line]
+    errors = [line.removeprefix("ERROR:").strip() for line in lines if line.startswith("ERROR")]
+    return (errors or lines or ["unknown error"])[0][:500]
+
+
 def dvc_push(root: Path) -> str:
     """Push outputs to the default remote; an unreachable remote is an error naming its URL."""
     name, url = remote_url(root)
     if name is None:
         return "dvc: no remote configured; outputs stay in the local cache"
-    result = dvc(root, "push", "-q", check=False)
+    result = dvc(root, "push", check=False)  # not -q: that leaves only the support footer on failure
     if result.returncode != 0:
         endpoint = credentials.without_credentials(_remote_endpoint(root, name))
         where = credentials.without_credentials(url) + (f" (endpoint {endpoint})" if endpoint else "")
-        detail = credentials.masked(result.stderr or result.stdout).strip().splitlines()
         raise UserError(
-            f"dvc push to remote '{name}' at {where} failed: {detail[-1] if detail else 'unknown error'}; "
-            "the results are committed locally, run `dvc push` when the remote is reachable"
+            f"dvc push to remote '{name}' at {where} failed: {dvc_reason(result)}; "
+            "the results are committed locally: run `dvc push` once the remote works"
         )
     return f"dvc: pushed outputs to {credentials.without_credentials(url)}"
 
 
 def dvc_pull(root: Path, *targets: str) -> None:
     name, url = remote_url(root)
-    result = dvc(root, "pull", "-q", *targets, check=False)
+    result = dvc(root, "pull", *targets, check=False)
     if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise UserError(f"dvc pull from remote '{name}' at {credentials.without_credentials(url)} failed: {detail[-1] if detail else 'unknown error'}")
+        raise UserError(f"dvc pull from remote '{name}' at {credentials.without_credentials(url)} failed: "
+                        f"{dvc_reason(result)}")
 
 
 # ---------------------------------------------------------------- DVC experiments (sweeps)
