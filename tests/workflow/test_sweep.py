@@ -98,6 +98,30 @@ def check_champion(repo, events, exp_name, points, version: str):
     assert 0 < len(top) and not set(top) & set(history)
 
 
+def check_compare_beside_damage_and_open_runs(repo):
+    """A damaged older record is skipped with a warning; an earlier sweep whose runs were left open
+    (its waiting stopped) is closed by the next compare; runs of another store are a warning."""
+    folder = repo.root / "projects/synth/results/sweeps"
+    (folder / "broken-1.json").write_text("x")
+    client, runs = mlflow_runs(repo)
+    experiment = client.get_experiment_by_name("bert4rec-synth").experiment_id
+    record = json.loads((folder / "grid-1.json").read_text())
+    sweep_run = client.create_run(experiment, tags={"kind": "sweep"}).info.run_id
+    point_run = client.create_run(experiment, tags={"kind": "sweep_point"}).info.run_id
+    earlier = {**record, "id": "grid-0", "created": "2000-01-01T00:00:00+00:00", "mlflow_run_id": sweep_run,
+               "points": [{**record["points"][0], "mlflow_run_id": point_run}]}
+    (folder / "grid-0.json").write_text(json.dumps(earlier))
+    result = repo.run("bert4rec", "compare", env=ON)
+    assert "sweep grid-1" in result.stdout and "broken-1.json" in result.stderr
+    assert client.get_run(sweep_run).info.status == "FINISHED" and client.get_run(point_run).info.status == "FINISHED"
+    assert client.get_run(point_run).data.metrics["valid_ndcg_at_10"] > 0
+    elsewhere = {**ON, "MLFLOW_TRACKING_URI": f"sqlite:///{repo.root.parent / 'elsewhere.db'}"}
+    result = repo.run("bert4rec", "compare", env=elsewhere)
+    assert "sweep grid-1" in result.stdout and "is not in the tracking store" in result.stderr
+    (folder / "grid-0.json").unlink()
+    (folder / "grid-0.csv").unlink(missing_ok=True)
+
+
 def test_sweep_compare_and_promote(repo, events):
     repo.run("bert4rec", "project", "synth", str(events), *flags(TINY))
     write_sweep(repo, "grid", GRID)
@@ -108,6 +132,7 @@ def test_sweep_compare_and_promote(repo, events):
     points = check_mlflow_sweep(repo)
     best = check_comparison(repo, points)
     assert best == max(points, key=lambda n: points[n][0].data.metrics["valid_ndcg_at_10"])
+    check_compare_beside_damage_and_open_runs(repo)
 
     result = repo.run("make", "-s", "promote", env=ON)
     assert f"promoting experiment {best} (best valid ndcg_at_10 of sweep grid-1" in result.stdout

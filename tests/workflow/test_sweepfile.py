@@ -63,6 +63,13 @@ def test_random_draws_are_seeded_and_paired_with_every_grid_point(tmp_path):
     assert other.points != first.points
 
 
+def test_a_draw_that_repeats_an_earlier_one_is_drawn_again(tmp_path):
+    content = {"seed": 0, "random": {"samples": 4, "params": {"train_val.model.hidden_size": {"choice": [16, 32]},
+                                                             "train_val.model.hidden_act": {"choice": ["gelu", "relu"]}}}}
+    points = plan(tmp_path, content).points
+    assert len(points) == 4 and len({tuple(sorted(p.items())) for p in points}) == 4
+
+
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     message = error(tmp_path, {"grid": {"train_val.learnin_rate": [0.1]}})
     assert message == ("config/sweeps/s.yaml: grid: unknown key 'train_val.learnin_rate' (not a parameter in "
@@ -96,6 +103,9 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     ("grid:\n  train_val.batch_size: [8]\ngrid:\n  train_val.batch_size: [16]\n",
      "config/sweeps/s.yaml: line 3: duplicate key 'grid' (first given on line 1); give each key once"),
     ("grid:\n  train_val.num_train_steps: [true, 20]\n", "train_val.num_train_steps: expected a number (got True)"),
+    ("grid:\n  train_val.num_train_steps: [1, true]\n", "train_val.num_train_steps: expected a number (got True)"),
+    ({"random": {"samples": 3, "params": {"train_val.model.hidden_act": {"choice": ["gelu", "relu"]}}}},
+     "config/sweeps/s.yaml: random: 150 draws gave only 2 different points for samples: 3; lower samples"),
     ("grid:\n  train_val.num_train_steps: [20, '20']\n", "config/sweeps/s.yaml: grid: 'train_val.num_train_steps' lists 20 twice once typed ([20, '20'])"),
     ("grid:\n  train_val.learning_rate: [[0.1]]\n",
      "config/sweeps/s.yaml: grid.train_val.learning_rate.0: expected true/false, an integer, a number or text (got [0.1])"),

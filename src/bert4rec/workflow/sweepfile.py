@@ -155,8 +155,8 @@ def check_structure(sweep: SweepFile, source: str) -> None:
     for key, values in sweep.grid.items():
         if not values:
             raise UserError(f"{source}: grid: '{key}' has no values")
-        repeated = [v for i, v in enumerate(values) if v in values[:i]]
-        if repeated:
+        repeated = [v for i, v in enumerate(values) if (type(v), v) in [(type(w), w) for w in values[:i]]]
+        if repeated:  # by type too: 1 and true are equal in Python, not in params
             raise UserError(f"{source}: grid: '{key}' lists {repeated[0]!r} twice")
     for key, distribution in (sweep.random.params.items() if sweep.random else ()):
         if distribution.problem():
@@ -186,6 +186,21 @@ def validated(base: Params, point: dict[str, Scalar], source: str) -> dict[str, 
     return {key: _typed(params, key) for key in point}
 
 
+def _distinct_draws(search: RandomSearch, rng: np.random.Generator, source: str) -> list[dict[str, Scalar]]:
+    """`samples` different draws: one that repeats an earlier draw (a choice among few values) is
+    drawn again, as it would only run the same point twice."""
+    draws: list[dict[str, Scalar]] = []
+    tries = 50 * search.samples
+    for _ in range(tries):
+        draw = {key: distribution.draw(rng) for key, distribution in search.params.items()}
+        if draw not in draws:
+            draws.append(draw)
+        if len(draws) == search.samples:
+            return draws
+    raise UserError(f"{source}: random: {tries} draws gave only {len(draws)} different points for samples: "
+                    f"{search.samples}; lower samples or give random.params more values")
+
+
 def plan(root: Path, name: str, base: Params) -> Plan:
     """Read, check and expand config/sweeps/<name>.yaml against the project's params `base`."""
     path = sweep_path(root, name)
@@ -198,9 +213,7 @@ def plan(root: Path, name: str, base: Params) -> Plan:
         shape = " x ".join([str(len(v)) for v in sweep.grid.values()] + ([f"{samples} draws"] if sweep.random else []))
         raise UserError(f"{source}: {count} points ({shape}) exceed max_points {sweep.max_points}; "
                         "raise max_points or shrink the sweep")
-    rng = np.random.default_rng(sweep.seed)
-    draws = [{key: d.draw(rng) for key, d in sweep.random.params.items()} for _ in range(samples)] \
-        if sweep.random else [{}]
+    draws = _distinct_draws(sweep.random, np.random.default_rng(sweep.seed), source) if sweep.random else [{}]
     combinations = [dict(zip(sweep.grid, values)) for values in itertools.product(*sweep.grid.values())]
     points = [validated(base, {**sweep.set, **combination, **draw}, source)
               for combination in combinations for draw in draws]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 from datetime import datetime, timezone
@@ -36,6 +37,7 @@ RECORDS = Path("results") / "sweeps"
 POLL_SECONDS = 2.0
 IDLE_POLLS = 30  # about a minute with points still queued and no worker alive: the workers are gone
 EXIT_POLLS = 20  # idle DVC queue workers exit ~10 s after the queue empties
+log = logging.getLogger("bert4rec.sweep")
 
 
 class PointRecord(sweepfile.Strict):
@@ -81,10 +83,23 @@ def load_record(root: Path, project: str, sweep_id: str | None = None) -> SweepR
             known = ", ".join(p.stem for p in paths) or "none yet"
             raise UserError(f"{path.relative_to(root)}: no sweep '{sweep_id}' in project {project}; sweeps: {known}")
         return read_typed(path, SweepRecord, "sweep record")
-    if not paths:
-        raise UserError(f"project {project} has no sweep yet ({folder.relative_to(root)}/ is empty): "
+    records = readable_records(root, project)
+    if not records:
+        raise UserError(f"project {project} has no sweep yet ({folder.relative_to(root)}/ holds no readable record): "
                         "run `make sweep SWEEP=<name>`")
-    return max((read_typed(p, SweepRecord, "sweep record") for p in paths), key=lambda r: r.created)
+    return max(records, key=lambda r: r.created)
+
+
+def readable_records(root: Path, project: str) -> list[SweepRecord]:
+    """Every sweep record of the project; a damaged one is a warning (it must not hide the others)."""
+    folder = records_dir(root, project)
+    records = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            records.append(read_typed(path, SweepRecord, "sweep record"))
+        except UserError as error:
+            log.warning("skipped: %s", error)
+    return records
 
 
 def _new_id(root: Path, project: str, name: str) -> str:
@@ -135,6 +150,19 @@ def outcomes(root: Path, record: SweepRecord) -> tuple[list[Row], list[Row]]:
     baselines = [Row(name, BASELINE, test=Scores.of(value)) for name, value in report.items()  # most_popular, item_to_item
                  if isinstance(value, dict) and Scores.of(value)]
     return rows, baselines
+
+
+def close_runs(root: Path, record: SweepRecord, rows: list[Row]) -> None:
+    """finish_tracking, and earlier sweeps' runs left open (their waiting was stopped) closed once
+    their points are done. The table comes from DVC: a tracking store that is down or holds
+    other runs is a warning, not a failure."""
+    try:
+        finish_tracking(root, record, rows)
+        for earlier in readable_records(root, record.project):
+            if earlier.id != record.id and tracking.is_running(root, earlier.mlflow_run_id):
+                finish_tracking(root, earlier, outcomes(root, earlier)[0])
+    except UserError as error:
+        log.warning("MLflow runs of sweep %s not updated: %s", record.id, error)
 
 
 def finish_tracking(root: Path, record: SweepRecord, rows: list[Row]) -> None:
@@ -255,7 +283,7 @@ def run(root: Path, name: str, workers: int) -> SweepRecord:
         raise UserError("stopped waiting; the queue keeps running in the background (`dvc queue status`, "
                         "`dvc queue kill <name>`); `make compare` shows the sweep when it is done") from None
     rows, baselines = outcomes(root, record)
-    finish_tracking(root, record, rows)
+    close_runs(root, record, rows)
     show(root, record, ordered(rows + baselines))
     failed = [row.name for row in rows if row.status != "done"]
     if failed:
@@ -288,6 +316,6 @@ def main_compare(argv: list[str] | None = None) -> int:
     record = load_record(root, project, args.sweep)
     tracking.load_env(root)
     rows, baselines = outcomes(root, record)
-    finish_tracking(root, record, rows)
+    close_runs(root, record, rows)
     show(root, record, ordered(rows + baselines))
     return 0

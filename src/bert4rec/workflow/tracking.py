@@ -589,6 +589,22 @@ def start_point(root: Path, parent: str | None, exp_name: str, varied: dict) -> 
     return run.info.run_id
 
 
+def _status(client, run_id: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id).info.status
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise UserError(f"run {run_id} is not in the tracking store {client.tracking_uri} (tracked in another "
+                            "store: set MLFLOW_TRACKING_URI as it was)") from None
+        raise
+
+
+def is_running(root: Path, run_id: str | None) -> bool:
+    return run_id is not None and enabled() and _status(_client(root), run_id) == "RUNNING"
+
+
 def finish_run(root: Path, run_id: str | None, ok: bool, metrics: dict[str, float]) -> None:
     """Log a sweep's or a point's results and close its run (a run already closed is left alone)."""
     if run_id is None or not enabled():
@@ -596,7 +612,7 @@ def finish_run(root: Path, run_id: str | None, ok: bool, metrics: dict[str, floa
     from mlflow.entities import Metric
 
     client = _client(root)
-    if client.get_run(run_id).info.status != "RUNNING":
+    if _status(client, run_id) != "RUNNING":
         return
     stamp = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(key, float(value), stamp, 0) for key, value in metrics.items()])
