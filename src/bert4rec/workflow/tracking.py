@@ -187,6 +187,8 @@ _opened: set[str] = set()  # stores check_store found working in this process
 def _quiet_mlflow() -> None:
     for name in ("mlflow", "alembic"):  # store migrations and start-up notices are not for users
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # retries: our warning says it once
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "🏃 View run …" per run
 
 
 def check_store(uri: str) -> None:
