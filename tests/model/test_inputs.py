@@ -1,3 +1,5 @@
+from collections import Counter
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -102,7 +104,28 @@ def test_training_batches_from_the_shards(synthetic_project, masking):
         assert (inputs[rows[used], positions[used]] != PAD).all()  # masked slots lie inside the history
     assert widths <= {10, 20} and 20 in widths
     dropped = manifest.split("train").examples - sum(len(batch[0]) for batch in first)
-    assert 0 <= dropped < 2 * 16  # only each bucket's last partial batch is left out
+    assert 0 <= dropped < 16  # the buckets' remainders are batched together: less than one batch left out
+    assert len(first) == dataset.batches_per_epoch(manifest, 16, 2)
+
+
+def test_a_bucket_smaller_than_a_batch_is_trained_on(synthetic_project):
+    """The windows of a bucket that never fills a batch are in the epoch's last batches."""
+    from bert4rec import cli
+
+    assert cli.main(["raw", "--project", str(synthetic_project)]) == 0
+    assert cli.main(["tfrecord", "--project", str(synthetic_project)]) == 0
+    manifest = Manifest.read(synthetic_project / "data" / "processed" / "records")
+    windows = [tuple(w[w != PAD]) for w in dataset.read_split(manifest, "train").map(lambda e: e["input_ids"])
+               .as_numpy_iterator()]
+    buckets = 8
+    bounds = dataset.bucket_lengths(manifest.max_seq_length, buckets)
+    sizes = np.bincount(np.searchsorted(bounds, [len(w) for w in windows]), minlength=len(bounds))
+    batch = int(sizes[sizes > 0].min()) + 1  # the smallest bucket never fills a batch on its own
+    batches = list(dataset.training_batches(manifest, batch, epoch=0, seed=1, buckets=buckets,
+                                            objective="causal").as_numpy_iterator())
+    trained = Counter(tuple(w[w != PAD]) for (inputs,) in batches for w in inputs)
+    assert len(batches) == len(windows) // batch == dataset.batches_per_epoch(manifest, batch, buckets)
+    assert sum((Counter(windows) - trained).values()) == len(windows) % batch  # every other window is in
 
 
 def test_eval_batches_sort_by_length_and_match_the_records(synthetic_project):

@@ -111,8 +111,9 @@ def training_batches(manifest: Manifest, batch_size: int, epoch: int, seed: int,
     """One epoch of (input_ids, positions, labels) batches, masks drawn for this epoch; for the
     causal objective one-element (windows,) batches, unmasked.
 
-    Batches hold examples of one length bucket, cut to the bucket width (left padding removed).
-    Full batches only, so every step has the same batch size; `limit` cuts the epoch to that many
+    Batches hold examples of one length bucket, cut to the bucket width (left padding removed),
+    but for the last ones of the epoch, which gather the buckets' remainders. Full batches only,
+    so every step has the same batch size (fewer than one batch of windows left out per epoch); `limit` cuts the epoch to that many
     batches (several workers take the same number of steps); `skip` resumes mid-epoch.
     Dynamic masks are seeded by (seed, epoch, batch index) and the batch order is seeded, so
     the same seed gives the same batches.
@@ -142,11 +143,13 @@ def training_batches(manifest: Manifest, batch_size: int, epoch: int, seed: int,
             length = tf.reduce_sum(tf.cast(example[0] != PAD, tf.int32))
             return tf.cast(tf.searchsorted(tf.constant(bounds), [length], side="left")[0], tf.int64)
 
+        # Each bucket's last, partial batch comes at the end of the epoch; unbatched and batched
+        # again together (full batches pass through unchanged), they make batches of mixed
+        # lengths, so a bucket holding fewer windows than a batch is still trained on.
         dataset = dataset.group_by_window(
-            bucket, lambda key, window: window.batch(batch_size, drop_remainder=True), window_size=batch_size
-        )
-    else:
-        dataset = dataset.batch(batch_size, drop_remainder=True)
+            bucket, lambda key, window: window.batch(batch_size), window_size=batch_size
+        ).unbatch()
+    dataset = dataset.batch(batch_size, drop_remainder=True)
     dataset = dataset.map(cut)
     if objective == "causal":
         dataset = dataset.map(lambda windows: (windows,))
@@ -164,7 +167,8 @@ def training_batches(manifest: Manifest, batch_size: int, epoch: int, seed: int,
 
 
 def batches_per_epoch(manifest: Manifest, batch_size: int, buckets: int, worker: int = 0, workers: int = 1) -> int:
-    """How many batches training_batches yields per epoch for a worker: full batches per bucket."""
+    """How many batches training_batches yields per epoch for a worker: full batches per bucket,
+    then those of the buckets' remainders together."""
     width = manifest.max_seq_length
     bounds = tf.constant(bucket_lengths(width, buckets))
     lengths = read_split(manifest, "train", worker, workers).map(
@@ -172,7 +176,7 @@ def batches_per_epoch(manifest: Manifest, batch_size: int, buckets: int, worker:
     keys = np.fromiter(lengths.batch(65536).map(lambda x: tf.searchsorted(bounds, x, side="left"))
                        .unbatch().as_numpy_iterator(), dtype=np.int64)
     per_bucket = np.bincount(keys, minlength=len(bucket_lengths(width, buckets)))
-    return int((per_bucket // batch_size).sum())
+    return int((per_bucket // batch_size).sum() + (per_bucket % batch_size).sum() // batch_size)
 
 
 @dataclass
