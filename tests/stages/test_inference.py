@@ -73,3 +73,35 @@ def test_an_output_switched_off_does_not_stay_beside_the_new_one(trained, tmp_pa
     set_params(project, inference={"item_predictions": False})
     assert run_stage("inference", project) == 0
     assert not (results / "predictions.parquet").exists() and (results / "user_embeddings.parquet").exists()
+
+
+def test_the_pyfunc_recommender_answers_as_inference_whatever_the_batch_and_refuses_bad_input(trained):
+    import pytest
+
+    from bert4rec.model import pyfunc
+
+    assert run("inference", trained) == 0
+    predictions = pd.read_parquet(trained / "results" / "tiny" / "predictions.parquet")
+    expected = predictions.groupby("user_id", sort=False)["item_id"].apply(list)
+    events = pd.read_csv(trained / "data" / "external" / "events.txt", sep=" ", header=None, names=["user", "item"])
+    histories = events.groupby("user", sort=False)["item"].apply(list)
+    users = list(histories.index[:6])
+    recommender = pyfunc.HistoryRecommender(model_dir(trained))
+    together = recommender.predict(pd.DataFrame({"items": [histories[u] for u in users]}), k=5)
+    assert together["items"].tolist() == [expected[u] for u in users]
+    alone = [recommender.predict(pd.DataFrame({"items": [histories[u]]}), k=5)["items"][0] for u in users]
+    assert alone == together["items"].tolist()
+    # ids as the raw stage reads them: '42' is 42, '0042' is no id of this model (ignored, like any unknown id)
+    item = histories[users[0]][0]
+    empty = recommender.predict(pd.DataFrame({"items": [[]]}), k=5)["items"][0]
+    assert recommender.predict(pd.DataFrame({"items": [[str(item)]]}), k=5)["items"][0] == \
+        recommender.predict(pd.DataFrame({"items": [[item]]}), k=5)["items"][0]
+    assert recommender.predict(pd.DataFrame({"items": [[f"00{item}", 2**70, None and 1]]}), k=5)["items"][0] == \
+        recommender.predict(pd.DataFrame({"items": [[0]]}), k=5)["items"][0]
+    assert recommender.predict(pd.DataFrame({"items": [None]}), k=5)["items"][0] == empty
+    for frame, k, message in [(pd.DataFrame({"history": [[1]]}), 5, "expected a DataFrame with an 'items' column"),
+                              (pd.DataFrame({"items": [[1], 7]}), 5, "row 1: expected a list of item ids"),
+                              (pd.DataFrame({"items": [[1]]}), 0, "k: expected a whole number >= 1, got 0")]:
+        with pytest.raises(ValueError, match=message):
+            recommender.predict(frame, k=k)
+    assert pyfunc._absent(np.array([-1, -2, 5])) == -3 and recommender.pad == -1

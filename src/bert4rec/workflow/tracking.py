@@ -713,6 +713,15 @@ def log_model(model_dir: str | Path, name: str = "model") -> None:
               lambda: _log_pyfunc(Path(model_dir), name))
 
 
+def _pyfunc_signature():
+    """No input schema (a column of id lists of any length); `k` as a param, which MLflow passes
+    on only when the signature declares it (its default: pyfunc.DEFAULT_K)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    return ModelSignature(inputs=None, outputs=None, params=ParamSchema([ParamSpec("k", "long", 10)]))
+
+
 def _log_pyfunc(model_dir: Path, name: str) -> None:
     import mlflow
 
@@ -723,7 +732,7 @@ def _log_pyfunc(model_dir: Path, name: str) -> None:
         logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the cloudpickle notice; the class is ours
         copy = Path(tmp) / "model_dir"
         shutil.copytree(model_dir, copy, ignore=NOT_SERVED)
-        info = mlflow.pyfunc.log_model(name=name, python_model=_pyfunc_class()(),
+        info = mlflow.pyfunc.log_model(name=name, python_model=_pyfunc_class()(), signature=_pyfunc_signature(),
                                        artifacts={"model_dir": str(copy)}, pip_requirements=[])
     mlflow.set_tag("model_uri", info.model_uri)
 
