@@ -44,3 +44,25 @@ def test_a_failed_dvc_command_is_told_by_its_error_line_not_the_support_footer()
     result = subprocess.CompletedProcess([], 255, "", stderr)
     assert vcs.dvc_reason(result) == 'unexpected error - Could not connect to the endpoint URL: "http://h/x"'
     assert vcs.dvc_reason(subprocess.CompletedProcess([], 1, "", "")) == "unknown error"
+
+
+def test_commit_takes_names_with_spaces_non_ascii_letters_and_glob_characters(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("config", "user.name", "t")
+    git("config", "user.email", "t@example.com")
+    pointers = tmp_path / "projects" / "p" / "data" / "external"
+    pointers.mkdir(parents=True)
+    names = ["my data ü.csv.dvc", "x[1]*.csv.dvc"]
+    for name in names:
+        (pointers / name).write_text("outs: []\n")
+    (tmp_path / "projects" / "p" / "params.yaml").write_text("raw: {}\n")
+    assert vcs.commit(tmp_path, "pointers") is not None
+    committed = set(git("ls-files", "-z").split("\0")) - {""}
+    assert committed == {f"projects/p/data/external/{n}" for n in names} | {"projects/p/params.yaml"}
+    (pointers / "my data ü.csv").write_text("1,2\n")  # data itself, under a name with a space: refused
+    with pytest.raises(UserError, match="refusing to commit data.*my data ü.csv"):
+        vcs.commit(tmp_path, "data")
+    assert git("diff", "--cached", "--name-only") == ""

@@ -136,17 +136,22 @@ def commit(root: Path, message: str) -> str | None:
         return None
     require_committable(root)
     git(root, "add", "-A", "--", *present)
-    staged = git(root, "diff", "--cached", "--name-only").stdout.split()
+    # NUL-separated and taken literally: names may hold spaces, non-ASCII letters or glob characters
+    staged = [name for name in git(root, "diff", "--cached", "--name-only", "-z").stdout.split("\0") if name]
     forbidden = [name for name in staged if _forbidden(name)]
     if forbidden:
-        git(root, "reset", "-q", "--", *forbidden)
+        git(root, "--literal-pathspecs", "reset", "-q", "--", *forbidden)
         raise UserError(
             "refusing to commit data, model or secret files (add them to DVC or .gitignore): "
             + ", ".join(forbidden)
         )
     if not staged:
         return None
-    git(root, "commit", "-q", "-m", message, "--", *staged)
+    try:
+        git(root, "--literal-pathspecs", "commit", "-q", "-m", message, "--", *staged)
+    except UserError:
+        git(root, "--literal-pathspecs", "reset", "-q", "--", *staged, check=False)  # nothing left staged
+        raise
     return head_commit(root)
 
 
@@ -271,7 +276,7 @@ def restore_outputs(root: Path, project_dir: str) -> str:
     checkout = dvc(root, "checkout", "--force", "--quiet", "--allow-missing", check=False)  # missing: never ran
     deleted = [p for p in git(root, "ls-files", "-z", "--deleted", "--", project_dir, check=False).stdout.split("\0") if p]
     if deleted:
-        git(root, "checkout", "HEAD", "--", *deleted, check=False)
+        git(root, "--literal-pathspecs", "checkout", "HEAD", "--", *deleted, check=False)
     if checkout.returncode != 0:
         detail = " ".join((checkout.stderr or checkout.stdout or "").split())[:200]
         return f"dvc checkout could not restore every earlier output ({detail})"
@@ -392,7 +397,7 @@ QUEUE_DONE = ("Success", "Failed")
 
 def changed_files(root: Path, since: str, until: str = "HEAD") -> list[str]:
     """Tracked files that differ between two commits."""
-    return git(root, "diff", "--name-only", since, until).stdout.split()
+    return [name for name in git(root, "diff", "--name-only", "-z", since, until).stdout.split("\0") if name]
 
 
 def override(value) -> str:
