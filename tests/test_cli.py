@@ -45,9 +45,30 @@ def forks_a_worker(argv: list[str]) -> int:
     return 0 if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + signal.SIGTERM else 1
 
 
+def reraised_by_a_library(argv: list[str]) -> int:
+    """TensorFlow's C++ turns an exception raised inside its callbacks into its own RuntimeError."""
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    except cli.Terminated:
+        raise RuntimeError("pybind11::error_already_set: MISMATCH of original and normalized active exception "
+                           "types: ORIGINAL InvalidArgumentError REPLACED BY Terminated") from None
+    return 0
+
+
+def swallowed_by_a_library(argv: list[str]) -> int:
+    """A SIGTERM lost inside a library (an 'Exception ignored' in a destructor): the command ends."""
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    except cli.Terminated:
+        pass
+    return 0
+
+
 @pytest.fixture
 def commands(monkeypatch):
-    for name in ("self-terminating", "forks-a-worker"):
+    for name in ("self-terminating", "forks-a-worker", "reraised-by-a-library", "swallowed-by-a-library"):
         monkeypatch.setitem(cli.COMMANDS, name, (f"{__name__}:{name.replace('-', '_')}", "test command"))
 
 
@@ -61,3 +82,10 @@ def test_sigterm_unwinds_a_command_as_ctrl_c_does(commands, tmp_path, capsys):
 
 def test_a_forked_worker_exits_on_sigterm(commands):
     assert cli.main(["forks-a-worker"]) == 0
+
+
+@pytest.mark.parametrize("command", ["reraised-by-a-library", "swallowed-by-a-library"])
+def test_a_sigterm_a_library_turned_into_another_error_or_lost_still_ends_as_terminated(commands, capsys, command):
+    assert cli.main([command]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "terminated\n"
+    assert cli.main(["forks-a-worker"]) == 0  # the next command in this process starts afresh

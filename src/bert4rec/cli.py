@@ -62,6 +62,7 @@ def sigterm_unwinds():
     def on_sigterm(signum, frame):
         if os.getpid() != main_pid:
             _worker_exit(signum, frame)
+        _received.add(signum)
         raise Terminated()
 
     before = signal.signal(signal.SIGTERM, on_sigterm)
@@ -69,6 +70,9 @@ def sigterm_unwinds():
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
+
+
+_received: set[int] = set()  # SIGTERMs seen: TensorFlow's C++ may re-raise Terminated as another error, or lose it
 
 
 def _worker_exit(signum, frame):
@@ -105,10 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, _, function = COMMANDS[command][0].partition(":")
     argparse.ArgumentParser.error = arguments.one_line_error  # the commands' own parsers, in this process
+    _received.clear()
     try:
-        entry = getattr(importlib.import_module(module_name), function or "main")
         with sigterm_unwinds():
-            return entry(rest) or 0
+            entry = getattr(importlib.import_module(module_name), function or "main")
+            code = entry(rest) or 0
+        if _received:  # a SIGTERM that TensorFlow swallowed: the command was still asked to stop
+            raise Terminated()
+        return code
     except UserError as error:
         logging.getLogger("bert4rec").debug("user error", exc_info=True)
         print(f"error: {error}", file=sys.stderr)
@@ -118,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         print("terminated" if terminated else "interrupted", file=sys.stderr)
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as error:  # a full disk where no atomic write could name the file
+        if _received or "KeyboardInterrupt" in str(error):  # a stop that TensorFlow re-raised as its own error
+            logging.getLogger("bert4rec").debug("stopped", exc_info=True)
+            terminated = bool(_received)
+            print("terminated" if terminated else "interrupted", file=sys.stderr)
+            return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
         if not is_disk_full(error):
             raise
         logging.getLogger("bert4rec").debug("disk full", exc_info=True)
