@@ -137,3 +137,25 @@ def test_full_disk_is_one_error_naming_the_file_and_nothing_is_left(small_disk):
         with fileio.scratch_file(disk, "raw-spill") as tmp, open(tmp, "wb") as handle:
             handle.write(b"x" * 200_000)
     assert sorted(p.name for p in disk.iterdir()) == ["keep.json"]
+
+
+@pytest.mark.parametrize("inside_a_transaction", [False, True])
+def test_a_file_that_cannot_be_replaced_is_one_error_and_stays_as_it_was(tmp_path, monkeypatch, inside_a_transaction):
+    target = tmp_path / "sequences.parquet"
+    target.write_text("earlier")
+    replace = os.replace
+
+    def refusing(source, destination):  # as an immutable file (chattr +i) refuses
+        if os.fspath(destination) == os.fspath(target) and "old" not in os.fspath(source):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        replace(source, destination)
+
+    monkeypatch.setattr(fileio.os, "replace", refusing)
+    with pytest.raises(UserError, match=r"sequences\.parquet: cannot be replaced \(Operation not permitted\)"):
+        if inside_a_transaction:
+            with fileio.all_or_nothing(), fileio.atomic_file(target) as tmp:
+                tmp.write_text("new")
+        else:
+            with fileio.atomic_file(target) as tmp:
+                tmp.write_text("new")
+    assert target.read_text() == "earlier" and [p.name for p in tmp_path.iterdir()] == ["sequences.parquet"]

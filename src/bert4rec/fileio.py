@@ -256,12 +256,21 @@ def _put_in_place(tmp: Path, path: Path) -> None:
     restore while an all_or_nothing block is open."""
     keep = _transaction is not None and path not in _transaction.replaced
     old = None
-    if path.exists() or path.is_symlink():
-        if keep or (path.is_dir() and not path.is_symlink()):
-            old = path.with_name(f".{path.name}.{os.getpid()}-old.tmp")
-            _remove(old)
-            os.replace(path, old)
-    os.replace(tmp, path)
+    try:
+        if path.exists() or path.is_symlink():
+            if keep or (path.is_dir() and not path.is_symlink()):
+                old = path.with_name(f".{path.name}.{os.getpid()}-old.tmp")
+                _remove(old)
+                os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old is not None:
+                os.replace(old, path)
+            raise
+    except PermissionError as error:  # an immutable (chattr +i) or foreign-owned file
+        raise UserError(f"{path}: cannot be replaced ({error.strerror}); make it writable (or remove it) and "
+                        "rerun; the earlier file is left as it was") from None
     if keep:
         _transaction.replaced[path] = old
     elif old is not None:
