@@ -193,3 +193,27 @@ def test_bad_timestamp_column_is_named(tmp_path, capsys):
     project = make_project(tmp_path / "p", path)
     assert run_raw(project) == 2
     assert "line 2: '1,2,yesterday' has 'yesterday' in column 'timestamp'; expected a number or an ISO date" in capsys.readouterr().err
+
+
+def test_an_input_that_changes_while_it_is_read_writes_nothing(tmp_path, monkeypatch, capsys):
+    from bert4rec.stages import raw
+
+    data = write_file(tmp_path, "events.csv", "user_id,item_id\n" + "".join(f"{u},{i}\n" for u in range(5) for i in range(4)))
+    project = make_project(tmp_path / "p", data)
+    read_events = raw.readers.read_events
+
+    def read_while_appended(source, params):
+        description, tables = read_events(source, params)
+
+        def appended():
+            for number, table in enumerate(tables):
+                yield table
+                if number == 0:
+                    with open(source, "a") as handle:  # another program still writing the file
+                        handle.write("9,9\n" * 1000)
+        return description, appended()
+
+    monkeypatch.setattr(raw.readers, "read_events", read_while_appended)
+    assert run_raw(project) == 2
+    assert "events.csv: the file changed while it was read" in single_error(capsys.readouterr().err)
+    assert leftovers(project) == [] and not (project / "data" / "interim" / "sequences.parquet").exists()

@@ -25,11 +25,15 @@ log = logging.getLogger("bert4rec.raw")
 def run(paths: ProjectPaths, params: Params) -> dict:
     raw = params.raw
     source = paths.resolve_input(raw.input)
+    before = _state(source)
     description, tables = readers.read_events(source, raw)
     log.info("reading %s (%s)", source, description)
     with all_or_nothing():
         with scratch_file(paths.interim, "raw-spill") as spill_path, Spill(spill_path, raw.users_per_chunk) as spill:
             users, items, events_read = _spill_events(tables, spill)
+            if _state(source) != before:
+                raise UserError(f"{source}: the file changed while it was read (another program writing or "
+                                "copying it?); nothing was written: rerun once it is complete")
             if events_read == 0:
                 raise UserError(f"{source}: no interactions found; expected rows of user, item[, timestamp]")
             log.info("read %d events, %d users, %d items", events_read, len(users), len(items))
@@ -46,6 +50,11 @@ def run(paths: ProjectPaths, params: Params) -> dict:
     log.info("kept %d users, %d items, %d interactions -> %s",
              summary["users"], summary["items"], summary["interactions"], paths.sequences)
     return summary
+
+
+def _state(source: Path) -> tuple:
+    found = source.stat()
+    return found.st_size, found.st_mtime_ns, found.st_ino
 
 
 def _spill_events(tables, spill: Spill) -> tuple[readers.FirstSeen, readers.FirstSeen, int]:
