@@ -203,3 +203,19 @@ def test_ligr_needs_pre_norm():
 
     with pytest.raises(ValidationError, match="needs layer_norm 'pre'"):
         ModelParams(block="ligr", layer_norm="post")
+
+
+def test_an_empty_history_scores_the_same_whatever_its_batch():
+    """A causal model reads an empty history (the trailing [MASK] dropped) as PAD alone: its scores
+    must not depend on the batch's width or on the other rows."""
+    from bert4rec.model.recommend import ModelScorer
+
+    keras.utils.set_random_seed(0)
+    scorer = ModelScorer(build_model(NUM_TOKENS, PARAMS, causal=True))
+    alone, _ = scorer.encode(tf.constant([[MASK]]))
+    beside_a_short, _ = scorer.encode(tf.constant([[PAD, PAD, MASK], [PAD, 5, MASK]]))
+    beside_a_long, _ = scorer.encode(tf.constant([[PAD] * 9 + [MASK], [3, 4, 5, 6, 7, 8, 9, 10, 11, MASK]]))
+    np.testing.assert_allclose(beside_a_short.numpy()[0], alone.numpy()[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(beside_a_long.numpy()[0], alone.numpy()[0], rtol=1e-5, atol=1e-6)
+    known, _ = scorer.encode(tf.constant([[PAD] * 8 + [5, MASK]]))
+    np.testing.assert_allclose(beside_a_short.numpy()[1], known.numpy()[0], rtol=1e-5, atol=1e-6)

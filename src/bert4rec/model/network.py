@@ -56,7 +56,10 @@ class Bert4Rec(keras.Model):
         positions = ops.arange(self.params.max_position_embeddings - length, self.params.max_position_embeddings)
         x = self.item_embedding(input_ids) + ops.expand_dims(self.position_embedding(positions), 0)
         x = self.dropout(self.embedding_norm(x), training=training)
-        bias = ops.where(ops.equal(input_ids, PAD), -1e9, 0.0)[:, None, None, :]
+        # PAD keys are hidden, but for the last position's: windows end with an item, so that only
+        # matters to a row of PAD alone (no known item), which then reads the same at any width
+        hidden_key = ops.logical_and(ops.equal(input_ids, PAD), ops.arange(length)[None, :] < length - 1)
+        bias = ops.where(hidden_key, -1e9, 0.0)[:, None, None, :]
         for i, block in enumerate(self.blocks):
             x = block(x, bias, training=training, last_only=last_only and i == len(self.blocks) - 1)
         return x if self.final_norm is None else self.final_norm(x)

@@ -75,10 +75,12 @@ class ModelScorer(tf.Module):
         """(head output with a column of ones, user embedding = encoder output at the last position).
 
         A causal model reads the next item at the last item's position: the trailing [MASK] of
-        the evaluation input is dropped (kept when it is all there is: an empty history).
+        the evaluation input is dropped (a PAD in its place when it is all there is: a batch of
+        empty histories), so an empty history reads the same whatever its batch.
         """
         if self.model.causal:
-            input_ids = tf.cond(tf.shape(input_ids)[1] > 1, lambda: input_ids[:, :-1], lambda: input_ids)
+            input_ids = tf.cond(tf.shape(input_ids)[1] > 1, lambda: input_ids[:, :-1],
+                                lambda: tf.fill(tf.shape(input_ids), tf.constant(PAD, input_ids.dtype)))
         hidden = self.model.encode(input_ids, training=False, last_only=True)[:, -1]
         head = tf.cast(self.model.transform(hidden), tf.float32)
         return tf.concat([head, tf.ones_like(head[:, :1])], 1), tf.cast(hidden, tf.float32)
