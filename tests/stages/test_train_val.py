@@ -40,11 +40,16 @@ def test_resume_continues_then_only_evaluates(trained, tmp_path, capfd):
     assert "resumed tiny from step 600" in capfd.readouterr().err
     info = read_json(model_dir(project) / "model.json", "model")
     assert info["trained_steps"] == 700
+    first = read_json(model_dir(trained) / "model.json", "model")  # training time counts across resumes
+    assert info["training_seconds"] > first["training_seconds"] > 0
     before = sorted(p.name for p in (model_dir(project) / "checkpoints").iterdir())
     assert run("train_val", project) == 0  # already at num_train_steps: evaluation only
     log = capfd.readouterr().err
     assert "resumed tiny from step 700" in log and "step 700: valid" not in log
     assert sorted(p.name for p in (model_dir(project) / "checkpoints").iterdir()) == before
+    again = read_json(model_dir(project) / "model.json", "model")
+    assert (again["training_seconds"], again["training_sequences_per_second"]) == \
+        (info["training_seconds"], info["training_sequences_per_second"])  # not 0 for a run that trained nothing
 
 
 def test_same_seed_gives_the_same_metrics(tmp_path):

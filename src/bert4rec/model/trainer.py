@@ -61,19 +61,24 @@ class LoopState:
     evals_without_improvement: int = 0
     stopped_early: bool = False
     elapsed: float = 0.0  # wall seconds of training so far, across resumes (the time budget's clock)
+    sequences: int = 0  # Throughput's count and seconds so far, across resumes
+    sequence_seconds: float = 0.0
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         scalars = [self.step, self.epoch, self.batch_in_epoch, self.best_step, self.evals_without_improvement,
                    int(self.stopped_early)]
         return {"state/ints": np.asarray(scalars, dtype=np.int64), "state/best": np.asarray(self.best_metric),
-                "state/elapsed": np.asarray(self.elapsed)}
+                "state/elapsed": np.asarray(self.elapsed),
+                "state/throughput": np.asarray([self.sequences, self.sequence_seconds], dtype=np.float64)}
 
     @classmethod
     def from_arrays(cls, arrays: dict) -> "LoopState":
         ints = arrays["state/ints"].tolist()
+        sequences, seconds = arrays.get("state/throughput", np.zeros(2)).tolist()  # absent in older checkpoints
         return cls(step=ints[0], epoch=ints[1], batch_in_epoch=ints[2], best_metric=float(arrays["state/best"]),
                    best_step=ints[3], evals_without_improvement=ints[4], stopped_early=bool(ints[5]),
-                   elapsed=float(arrays.get("state/elapsed", 0.0)))
+                   elapsed=float(arrays.get("state/elapsed", 0.0)), sequences=int(sequences),
+                   sequence_seconds=float(seconds))
 
 
 class Throughput:
@@ -88,10 +93,10 @@ class Throughput:
         self._start = time.perf_counter()
 
     def stop(self, sequences: int):
-        if self._start is not None:
+        if self._start is not None and sequences:  # a stretch without a step (a checkpoint saved) is no training
             self.seconds += time.perf_counter() - self._start
             self.sequences += sequences
-            self._start = None
+        self._start = None
 
     @property
     def per_second(self) -> float:
@@ -348,6 +353,7 @@ class Trainer:
 
     def save(self) -> Path:
         self.state.elapsed = self.elapsed()
+        self.state.sequences, self.state.sequence_seconds = self.throughput.sequences, self.throughput.seconds
         arrays = {**store.weights_to_arrays(self.model.get_weights(), "model/"),
                   **store.weights_to_arrays([v.numpy() for v in self.optimizer.variables], "optimizer/"),
                   **store.weights_to_arrays([v.numpy() for v in self._random_states()], "random/"),
@@ -396,5 +402,6 @@ class Trainer:
             else:
                 self.average.reset()
         self.state = LoopState.from_arrays(arrays)
+        self.throughput.sequences, self.throughput.seconds = self.state.sequences, self.state.sequence_seconds
         saved = json.loads(arrays[HISTORY].tobytes()) if HISTORY in arrays else {}  # absent in older checkpoints
         self.history = {int(step): row for step, row in saved.items() if int(step) <= self.state.step}
