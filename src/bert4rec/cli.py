@@ -83,9 +83,11 @@ def exit_on_signal() -> None:
     """Initializer of a spawned pool worker: SIGTERM or Ctrl-C ends it at once. The pool
     (concurrent.futures) sees a worker gone and stops the others; the stage itself unwinds in the
     main process, which got the same signal. A worker that unwound instead would report the
-    interrupt as its shard's result and go on to the next shard."""
+    interrupt as its shard's result and go on to the next shard. A signal the stage ignores (DVC
+    runs stages with SIGINT ignored) its workers ignore too: they would die alone, the stage going on."""
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _exit_now)
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # inherited through spawn's exec
+            signal.signal(signum, _exit_now)
 
 
 def _exit_now(signum, frame):

@@ -44,11 +44,12 @@ def big_input(tmp_path_factory) -> Path:
     return path
 
 
-def start(stage: str, project: Path, log: Path) -> subprocess.Popen:
-    with open(log, "w") as out:
+def start(stage: str, project: Path, log: Path, sigint=signal.SIG_DFL) -> subprocess.Popen:
+    with open(log, "w") as out:  # SIGINT as in a terminal (a shell starts background jobs with it ignored)
         return subprocess.Popen([str(BIN / "bert4rec"), stage, "--project", str(project)], stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "BERT4REC_TRACKING": "off"})
+                                env={**os.environ, "BERT4REC_TRACKING": "off"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
 
 
 def wait_for(folder: Path, prefix: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> Path:
@@ -144,6 +145,19 @@ def test_a_killed_tfrecord_worker_stops_the_stage_with_one_error(tmp_path, big_i
     assert not (project / "data" / "processed").exists() or list((project / "data" / "processed").iterdir()) == []
 
 
+def test_a_tfrecord_run_with_sigint_ignored_keeps_its_workers_through_a_ctrl_c(tmp_path, big_input):
+    """DVC runs a stage with SIGINT ignored (Ctrl-C under `make` then stops it with SIGTERM): the
+    workers ignore it too, where they died alone and the stage blamed a lost worker."""
+    project = make_project(tmp_path / "p", big_input, tfrecord={"pool_size": 2, "num_shards": 4})
+    rerun("raw", project)
+    log = tmp_path / "tfrecord.log"
+    process = start("tfrecord", project, log, sigint=signal.SIG_IGN)
+    wait_for(project / "data" / "processed", "records", process, log)
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=300) == 0, log.read_text()[-2000:]
+    assert Manifest.read(project / "data" / "processed" / "records").splits["valid"].examples == 150000
+
+
 def file_digests(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -160,11 +174,13 @@ def group_is_gone(pgid: int, timeout: float = 30) -> bool:
     return False
 
 
-@pytest.mark.parametrize("stage, folder, prefix", [("raw", "data/interim", "raw-spill"),
-                                                   ("tfrecord", "data/processed", "records")])
-def test_sigterm_unwinds_a_stage_and_its_workers(tmp_path, big_input, stage, folder, prefix):
+@pytest.mark.parametrize("stage, folder, prefix, stop", [
+    ("raw", "data/interim", "raw-spill", signal.SIGTERM), ("tfrecord", "data/processed", "records", signal.SIGTERM),
+    ("tfrecord", "data/processed", "records", signal.SIGINT)])
+def test_sigterm_unwinds_a_stage_and_its_workers(tmp_path, big_input, stage, folder, prefix, stop):
     """For tfrecord the signal comes once the third of 3 shards is being written, when one worker
-    may be waiting, idle, on the pool's queue."""
+    may be waiting, idle, on the pool's queue. Ctrl-C (SIGINT to the group) ends the workers at
+    once: the stage says interrupted, not that a worker died."""
     project = make_project(tmp_path / "p", big_input, tfrecord={"pool_size": 2, "num_shards": 3})
     rerun("raw", project)
     if stage == "tfrecord":
@@ -177,10 +193,11 @@ def test_sigterm_unwinds_a_stage_and_its_workers(tmp_path, big_input, stage, fol
         assert process.poll() is None, log.read_text()[-2000:]
         time.sleep(0.01)
     time.sleep(0.5 if stage == "tfrecord" else 0)
-    os.killpg(process.pid, signal.SIGTERM)
-    assert process.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-2000:]
+    os.killpg(process.pid, stop)
+    assert process.wait(timeout=120) == 128 + stop, log.read_text()[-2000:]
     assert group_is_gone(process.pid), "a worker outlived the stage"
-    assert log.read_text().splitlines()[-1] == "terminated" and "Traceback" not in log.read_text()
+    said = "terminated" if stop == signal.SIGTERM else "interrupted"
+    assert log.read_text().splitlines()[-1] == said and "Traceback" not in log.read_text()
     assert temporaries(project) == []
     assert file_digests(project / "data") == before
 
