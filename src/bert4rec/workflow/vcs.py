@@ -280,7 +280,8 @@ def restore_outputs(root: Path, project_dir: str) -> str:
     if checkout.returncode != 0:
         detail = " ".join((checkout.stderr or checkout.stdout or "").split())[:200]
         return f"dvc checkout could not restore every earlier output ({detail})"
-    return "earlier outputs restored as dvc.lock records them (dvc checkout)"
+    return ("earlier outputs restored as dvc.lock records them (dvc checkout); outputs of a stage DVC never ran "
+            "(run by hand only) had no copy in DVC's cache to restore")
 
 
 def remote_url(root: Path) -> tuple[str | None, str | None]:
