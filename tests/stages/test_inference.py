@@ -105,3 +105,22 @@ def test_the_pyfunc_recommender_answers_as_inference_whatever_the_batch_and_refu
         with pytest.raises(ValueError, match=message):
             recommender.predict(frame, k=k)
     assert pyfunc._absent(np.array([-1, -2, 5])) == -3 and recommender.pad == -1
+
+
+def test_a_user_who_has_seen_every_item_is_counted_not_silently_left_out(tmp_path):
+    import contextlib
+
+    import pyarrow as pa
+
+    from bert4rec.data.records import FIRST_ITEM
+    from bert4rec.model.recommend import Predictions
+    from bert4rec.stages.inference import Outputs
+
+    target = tmp_path / "predictions.parquet"
+    with contextlib.ExitStack() as files:
+        outputs = Outputs(files, {"predictions": target}, pa.array(["a", "b"]), pa.array([10, 11]), 4, keyed=False)
+        inf = float("-inf")
+        outputs.write(Predictions(np.array([0, 1]), np.array([[FIRST_ITEM + 1, FIRST_ITEM], [FIRST_ITEM, FIRST_ITEM]]),
+                                  np.array([[2.0, 1.0], [inf, inf]]), np.zeros((2, 4))))
+    assert outputs.without_candidates == 1
+    assert pd.read_parquet(target)[["user_id", "item_id"]].values.tolist() == [["a", 11], ["a", 10]]

@@ -43,6 +43,7 @@ class Outputs:
     def __init__(self, files: contextlib.ExitStack, targets: dict[str, Path], users: pa.Array, item_ids: pa.Array,
                  hidden: int, keyed: bool):
         self.users, self.item_ids, self.keyed = users, item_ids, keyed
+        self.without_candidates = 0  # users who have seen every item: no rows in predictions.parquet
         schemas = {"predictions": [("user_id", users.type), ("rank", pa.int32()), ("item_id", item_ids.type),
                                    ("score", pa.float32())],
                    "user_embeddings": [("user_id", users.type), ("embedding", pa.list_(pa.float32(), hidden))]}
@@ -53,6 +54,7 @@ class Outputs:
     def write(self, chunk: recommend.Predictions) -> None:
         if "predictions" in self.writers:
             found = np.isfinite(chunk.scores)
+            self.without_candidates += int((~found.any(axis=1)).sum())
             rows = np.repeat(np.arange(len(chunk.user_index)), found.sum(axis=1))
             ranks = np.broadcast_to(np.arange(1, chunk.tokens.shape[1] + 1, dtype=np.int32), chunk.tokens.shape)
             self._write("predictions", chunk.user_index[rows], {
@@ -115,6 +117,10 @@ def run(paths: ProjectPaths, params: Params) -> dict:
         report = {"model_name": name, "users": count, "top_k": ip.top_k, "seconds": round(seconds, 3),
                   "users_per_second": round(count / max(seconds, 1e-9), 1)}
         tracking.log_metrics({"users_per_second": report["users_per_second"]})
+    if outputs.without_candidates:
+        report["users_without_predictions"] = outputs.without_candidates
+        log.warning("%d users have seen every item of the catalogue: predictions.parquet has no rows for them",
+                    outputs.without_candidates)
     if worker.count > 1 and worker.chief:
         merge_parts(out, kinds, worker)
     if worker.chief:
