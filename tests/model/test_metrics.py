@@ -58,6 +58,9 @@ def test_sampled_negatives_draw_the_same_in_blocks():
 
 
 def test_a_user_with_fewer_eligible_items_than_asked_gets_them_all_and_pad():
-    popularity = np.array([0, 0, 1, 1, 1, 1, 1, 0], dtype=float)  # item 7 never drawn (popularity 0)
+    popularity = np.array([0, 0, 1, 1, 1, 1, 1, 0], dtype=float)  # item 7: never in a history (popularity 0)
     drawn = metrics.sample_negatives(popularity, np.array([4]), np.array([[2, 3]]), 5, np.random.default_rng(0))
-    assert sorted(drawn[0]) == [PAD, PAD, PAD, 5, 6]  # not the seen 2, 3, the target 4, PAD/MASK or item 7
+    assert sorted(drawn[0]) == [PAD, PAD, 5, 6, 7]  # not the seen 2, 3, the target 4 or PAD/MASK
+    for seed in range(20):  # item 7 only once every item with a popularity is drawn
+        two = metrics.sample_negatives(popularity, np.array([4]), np.array([[2, 3]]), 2, np.random.default_rng(seed))
+        assert sorted(two[0]) == [5, 6]

@@ -46,14 +46,18 @@ def popularity_scores(counts: np.ndarray, num_tokens: int) -> np.ndarray:
     return scores
 
 
+NEVER_SEEN_LOGP = -1e6  # below any log-popularity plus Gumbel noise, yet drawn when nothing else is left
+
+
 def sample_negatives(popularity: np.ndarray, targets: np.ndarray, seen: np.ndarray, count: int,
                      rng: np.random.Generator, rows_per_draw: int = 64) -> np.ndarray:
     """The paper's protocol: per user, `count` unseen items other than the target, drawn by
     popularity without replacement (Gumbel top-k). Drawn a few rows at a time, so memory is
     rows_per_draw x catalogue (the random stream is the same as one draw for the whole batch).
-    A user with fewer such items gets them all, the rest of the row PAD (no negative)."""
+    A user with fewer such items gets them all, the rest of the row PAD (no negative): items never
+    seen in the histories (popularity 0) come last, after every item with a popularity."""
     weights = np.asarray(popularity, dtype=np.float64)
-    logp = np.where(weights > 0, np.log(np.maximum(weights, 1e-300)), -np.inf)
+    logp = np.where(weights > 0, np.log(np.maximum(weights, 1e-300)), NEVER_SEEN_LOGP)
     n = min(count, len(weights) - FIRST_ITEM - 1)
     out = np.empty((len(targets), n), dtype=np.int32)
     for start in range(0, len(targets), rows_per_draw):
