@@ -49,7 +49,10 @@ def open_project(project: Path | None) -> tuple[ProjectPaths, Params]:
         paths = projects.active_paths(Path.cwd())
     else:
         if not project.is_dir():
-            raise UserError(f"{project}: project folder not found")
+            named = Path("projects") / project
+            hint = f"; did you mean --project {named}?" if named.is_dir() and len(project.parts) == 1 else \
+                " (expected a project folder, e.g. projects/<name>; without --project: the active project)"
+            raise UserError(f"{project}: project folder not found{hint}")
         paths = ProjectPaths(project)
     return paths, load_params(paths.params)
 
