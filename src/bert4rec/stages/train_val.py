@@ -81,6 +81,7 @@ def keep_final_state(trainer: Trainer, folder: Path, area: Path) -> None:
                 shutil.rmtree(other, ignore_errors=True)
     with contextlib.suppress(OSError):
         area.parent.rmdir()  # only once no worker's area is left
+        area.parent.parent.rmdir()  # the project's checkpoints/, once no model's area is left
 
 
 def continuable(final: Path, area: Path) -> Path | None:
