@@ -141,7 +141,7 @@ class TfrecordParams(Section):
     masking: Literal["static", "dynamic"] = "dynamic"
     num_shards: int = Field(4, ge=1)
     pool_size: int = Field(2, ge=1)
-    seed: int = Field(12345, ge=0)
+    seed: int = Field(12345, ge=0)  # static masking's draws only: dynamic masks are drawn from train_val.seed
 
     @field_validator("max_seq_length")
     @classmethod
