@@ -12,7 +12,7 @@ import sys
 import threading
 
 from bert4rec import arguments
-from bert4rec.errors import UserError, disk_full_path, is_disk_full
+from bert4rec.errors import ClusterStopped, UserError, disk_full_path, is_disk_full
 from bert4rec.fileio import release_locks
 
 COMMANDS = {
@@ -101,6 +101,7 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    console = argv is None  # the `bert4rec` command itself, not a caller in this process (a test)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -122,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         logging.getLogger("bert4rec").debug("user error", exc_info=True)
         print(f"error: {error}", file=sys.stderr)
+        if isinstance(error, ClusterStopped) and console:
+            release_locks()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     except KeyboardInterrupt as stop:
         terminated = isinstance(stop, Terminated)

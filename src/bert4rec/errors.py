@@ -11,6 +11,11 @@ class UserError(Exception):
     """A problem with the user's input, parameters or environment; printed without a traceback."""
 
 
+class ClusterStopped(UserError):
+    """Another worker of a multi-worker run is gone: after the message the process exits at once,
+    as tearing down TensorFlow's broken collectives only prints destructors' errors."""
+
+
 def is_disk_full(error: BaseException) -> bool:
     """ENOSPC/EDQUOT, raised by Python or by a library that only keeps the message (TensorFlow)."""
     if isinstance(error, UserError):

@@ -64,6 +64,9 @@ def test_two_workers_train_resume_after_a_killed_worker_and_match_one_worker(tmp
     assert first[0].wait(timeout=120) == 2  # the chief notices and stops with one message
     message = (tmp_path / "first-worker-0.log").read_text()
     assert "another worker stopped" in message and "Traceback" not in message
+    errors = [line for line in message.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "{{" not in errors[0] and len(errors[0]) < 500, errors
+    assert "Exception ignored" not in message  # no destructor noise after the message
 
     second = launch(project, tmp_path, "second")
     assert [p.wait(timeout=600) for p in second] == [0, 0]

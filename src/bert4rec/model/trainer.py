@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from bert4rec.data.manifest import Manifest
-from bert4rec.errors import UserError
+from bert4rec.errors import ClusterStopped, UserError
 from bert4rec.model import inputs, store
 from bert4rec.model.averaging import WeightAverage
 from bert4rec.model.distribute import Worker, common_step
@@ -239,10 +240,11 @@ class Trainer:
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
             if self.worker.count == 1:
                 raise
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            text = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", str(error))  # TensorFlow's op and node names
+            lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
             telling = [line for line in lines if any(w in line for w in ("unhealthy", "crashed", "connect", "closed"))]
-            reason = (telling or lines or [type(error).__name__])[0][:300]
-            raise UserError(f"worker {self.worker.index} of {self.worker.count}: another worker stopped ({reason}); "
+            reason = (telling or lines or [type(error).__name__])[0][:200]
+            raise ClusterStopped(f"worker {self.worker.index} of {self.worker.count}: another worker stopped ({reason}); "
                             f"training stopped at step {self.state.step}. Start every worker again with the same "
                             "command: they resume from the newest checkpoint all of them hold") from None
 
