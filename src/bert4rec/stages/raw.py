@@ -25,8 +25,8 @@ log = logging.getLogger("bert4rec.raw")
 def run(paths: ProjectPaths, params: Params) -> dict:
     raw = params.raw
     source = paths.resolve_input(raw.input)
+    description, tables = readers.read_events(source, raw)  # checks that the file is there
     before = _state(source)
-    description, tables = readers.read_events(source, raw)
     log.info("reading %s (%s)", source, description)
     with all_or_nothing():
         with scratch_file(paths.interim, "raw-spill") as spill_path, Spill(spill_path, raw.users_per_chunk) as spill:
