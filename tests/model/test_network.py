@@ -219,3 +219,21 @@ def test_an_empty_history_scores_the_same_whatever_its_batch():
     np.testing.assert_allclose(beside_a_long.numpy()[0], alone.numpy()[0], rtol=1e-5, atol=1e-6)
     known, _ = scorer.encode(tf.constant([[PAD] * 8 + [5, MASK]]))
     np.testing.assert_allclose(beside_a_short.numpy()[1], known.numpy()[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_mixed_float16_keeps_left_padded_rows_finite(causal):
+    """-1e9 is -inf in float16: a padding row of the causal mask, every key hidden, was a softmax
+    of -inf alone (NaN), which then reached every position through the next layer."""
+    from bert4rec.model.loss import causal_item_loss
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = build_model(NUM_TOKENS, PARAMS, causal=causal)
+        ids = tf.constant([[PAD, PAD, PAD, 5, 6, 7], [3, 4, 5, 6, 7, 8]])
+        assert np.isfinite(model.encode(ids).numpy()).all()
+        if causal:
+            assert np.isfinite(float(causal_item_loss(model, ids, training=False)))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -63,16 +63,24 @@ class SelfAttention(layers.Layer):
         # Scale and padding bias ride along in the matmul (q gets a column of ones, k the bias),
         # so the (length x length) scores are written once instead of three times.
         q = ops.concatenate([q * (1.0 / math.sqrt(self.head_size)), ops.ones_like(q[..., :1])], axis=-1)
-        key_bias = ops.broadcast_to(ops.cast(ops.transpose(bias, (0, 1, 3, 2)), k.dtype),
+        hidden = hidden_score(k.dtype)
+        key_bias = ops.broadcast_to(ops.cast(ops.maximum(ops.transpose(bias, (0, 1, 3, 2)), hidden), k.dtype),
                                     (batch, self.heads, length, 1))
         k = ops.concatenate([k, key_bias], axis=-1)
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))
         if self.causal and not last_only:  # position i attends to positions <= i (the last one: to all)
             ahead = ops.arange(length)[None, :] > ops.arange(length)[:, None]
-            scores = scores + ops.cast(ops.where(ahead, -1e9, 0.0), scores.dtype)
+            scores = scores + ops.cast(ops.where(ahead, hidden, 0.0), scores.dtype)
         probs = self.dropout(ops.softmax(scores, axis=-1), training=training)
         context = ops.transpose(ops.matmul(probs, v), (0, 2, 1, 3))
         return self.out(ops.reshape(context, (batch, ops.shape(q)[2], width)))
+
+
+def hidden_score(dtype) -> float:
+    """What a hidden key adds to its score: -1e9, but in float16 (max 65,504), where -1e9 is -inf and
+    a row of padding with every key hidden would be a softmax of -inf alone (NaN), a finite -3e4
+    (twice that, a PAD key ahead, still finite)."""
+    return -3e4 if keras.backend.standardize_dtype(dtype) == "float16" else -1e9
 
 
 class TransformerBlock(layers.Layer):
