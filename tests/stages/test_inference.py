@@ -99,6 +99,10 @@ def test_the_pyfunc_recommender_answers_as_inference_whatever_the_batch_and_refu
     assert recommender.predict(pd.DataFrame({"items": [[f"00{item}", 2**70, None and 1]]}), k=5)["items"][0] == \
         recommender.predict(pd.DataFrame({"items": [[0]]}), k=5)["items"][0]
     assert recommender.predict(pd.DataFrame({"items": [None]}), k=5)["items"][0] == empty
+    assert recommender.predict(pd.DataFrame({"items": [["--5", "\u00b2", float("nan")]]}), k=5)["items"][0] == empty
+    assert recommender.predict(pd.DataFrame({"items": [[float(item)]]}), k=5)["items"][0] == \
+        recommender.predict(pd.DataFrame({"items": [[item]]}), k=5)["items"][0]  # ids pandas made floats
+    assert len(recommender.predict(pd.DataFrame({"items": []}), k=5)) == 0
     for frame, k, message in [(pd.DataFrame({"history": [[1]]}), 5, "expected a DataFrame with an 'items' column"),
                               (pd.DataFrame({"items": [[1], 7]}), 5, "row 1: expected a list of item ids"),
                               (pd.DataFrame({"items": [[1]]}), 0, "k: expected a whole number >= 1, got 0")]:

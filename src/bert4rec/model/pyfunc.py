@@ -6,6 +6,7 @@ recommendation itself is the SavedModel's serving function, i.e. the inference s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -32,11 +33,14 @@ class HistoryRecommender:
 
     def predict(self, frame: pd.DataFrame, k: int | None = None) -> pd.DataFrame:
         histories = [self._ids(history, row) for row, history in enumerate(_histories(frame))]
+        k = _k(k)
+        if not histories:
+            return pd.DataFrame({"items": [], "scores": []})
         width = max((len(h) for h in histories), default=0)
         rows = [[self.pad] * (width - len(h)) + h for h in histories]
         ids = tf.constant(rows, tf.string) if self.strings else \
             tf.constant(np.array(rows, np.int64).reshape(len(rows), width))
-        out = self.serve(item_ids=ids, k=tf.constant(_k(k)))
+        out = self.serve(item_ids=ids, k=tf.constant(k))
         found = np.isfinite(out["scores"].numpy())
         values = out["item_ids"].numpy()
         if self.strings:
@@ -80,8 +84,10 @@ def _as_integer(value, pad: int) -> int:
         return pad
     if isinstance(value, (int, np.integer)):
         return int(value) if INT64[0] <= value <= INT64[1] else pad
+    if isinstance(value, (float, np.floating)):  # a column of integer ids that pandas made floats
+        return _as_integer(int(value), pad) if np.isfinite(value) and float(value).is_integer() else pad
     text = _as_text(value) if isinstance(value, (str, bytes)) else None
-    if text is not None and text.lstrip("-").isdigit() and str(int(text)) == text:
+    if text is not None and re.fullmatch(r"-?[0-9]+", text) and str(int(text)) == text:
         return _as_integer(int(text), pad)
     return pad
 
