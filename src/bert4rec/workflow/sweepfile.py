@@ -186,14 +186,17 @@ def validated(base: Params, point: dict[str, Scalar], source: str) -> dict[str, 
     return {key: _typed(params, key) for key in point}
 
 
-def _distinct_draws(search: RandomSearch, rng: np.random.Generator, source: str) -> list[dict[str, Scalar]]:
-    """`samples` different draws: one that repeats an earlier draw (a choice among few values) is
-    drawn again, as it would only run the same point twice."""
+def _distinct_draws(search: RandomSearch, rng: np.random.Generator, source: str, typed) -> list[dict[str, Scalar]]:
+    """`samples` different draws: one that repeats an earlier draw once typed by the params (a
+    choice among few values, or 20 and '20') is drawn again, as it would run the same point twice."""
     draws: list[dict[str, Scalar]] = []
+    seen: set[tuple] = set()
     tries = 50 * search.samples
     for _ in range(tries):
         draw = {key: distribution.draw(rng) for key, distribution in search.params.items()}
-        if draw not in draws:
+        key = tuple((name, type(value).__name__, value) for name, value in typed(draw).items())
+        if key not in seen:
+            seen.add(key)
             draws.append(draw)
         if len(draws) == search.samples:
             return draws
@@ -213,7 +216,8 @@ def plan(root: Path, name: str, base: Params) -> Plan:
         shape = " x ".join([str(len(v)) for v in sweep.grid.values()] + ([f"{samples} draws"] if sweep.random else []))
         raise UserError(f"{source}: {count} points ({shape}) exceed max_points {sweep.max_points}; "
                         "raise max_points or shrink the sweep")
-    draws = _distinct_draws(sweep.random, np.random.default_rng(sweep.seed), source) if sweep.random else [{}]
+    typed = lambda draw: validated(base, {**sweep.set, **draw}, source)  # noqa: E731
+    draws = _distinct_draws(sweep.random, np.random.default_rng(sweep.seed), source, typed) if sweep.random else [{}]
     combinations = [dict(zip(sweep.grid, values)) for values in itertools.product(*sweep.grid.values())]
     points = [validated(base, {**sweep.set, **combination, **draw}, source)
               for combination in combinations for draw in draws]
