@@ -167,6 +167,8 @@ def test_an_http_server_that_is_not_mlflow_is_refused_up_front(status, message):
     ("A=1\n\n# note\nMLFLOW_TRACKING_URI http://127.0.0.1:5000\n",
      r"\.env: line 4 \(starting 'MLFLOW_TRACKING_URI'\) is not KEY=value"),
     ("A=1\n\nAWS_SECRET_ACCESS_KEY=\"s3cr3t\n", r"\.env: line 3 \(starting 'AWS_SECRET_ACCESS_KEY'\) is not KEY=value"),
+    ("A=1\n  \n\t\nBAD x\n", r"\.env: line 4 \(starting 'BAD'\) is not KEY=value"),
+    ("A=1\ns3cr3tghp0123456789 x\n", r"\.env: line 2 is not KEY=value"),  # a pasted value: not shown
 ])
 def test_a_line_of_dotenv_that_is_not_a_setting_is_one_line_without_its_value(tmp_path, text, message, monkeypatch):
     monkeypatch.delenv("A", raising=False)

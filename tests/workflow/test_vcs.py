@@ -62,6 +62,9 @@ def test_commit_takes_names_with_spaces_non_ascii_letters_and_glob_characters(tm
     assert vcs.commit(tmp_path, "pointers") is not None
     committed = set(git("ls-files", "-z").split("\0")) - {""}
     assert committed == {f"projects/p/data/external/{n}" for n in names} | {"projects/p/params.yaml"}
+    subprocess.run(["git", "mv", str(pointers / names[1]), str(pointers / "renamed.csv.dvc")], cwd=tmp_path, check=True)
+    assert vcs.commit(tmp_path, "rename") is not None  # both sides of a rename go into the commit
+    assert "x[1]*.csv.dvc" not in git("ls-files") and git("status", "--porcelain") == ""
     (pointers / "my data ü.csv").write_text("1,2\n")  # data itself, under a name with a space: refused
     with pytest.raises(UserError, match="refusing to commit data.*my data ü.csv"):
         vcs.commit(tmp_path, "data")

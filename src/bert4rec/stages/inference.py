@@ -117,10 +117,11 @@ def run(paths: ProjectPaths, params: Params) -> dict:
         report = {"model_name": name, "users": count, "top_k": ip.top_k, "seconds": round(seconds, 3),
                   "users_per_second": round(count / max(seconds, 1e-9), 1)}
         tracking.log_metrics({"users_per_second": report["users_per_second"]})
-    if outputs.without_candidates:
-        report["users_without_predictions"] = outputs.without_candidates
-        log.warning("%d users have seen every item of the catalogue: predictions.parquet has no rows for them",
-                    outputs.without_candidates)
+        if outputs.without_candidates:
+            report["users_without_predictions"] = outputs.without_candidates
+            tracking.log_metrics({"users_without_predictions": outputs.without_candidates})
+            log.warning("%d users have seen every item of the catalogue: predictions.parquet has no rows for them",
+                        outputs.without_candidates)
     if worker.count > 1 and worker.chief:
         merge_parts(out, kinds, worker)
     if worker.chief:

@@ -161,8 +161,9 @@ def close_runs(root: Path, record: SweepRecord, rows: list[Row]) -> None:
         for earlier in readable_records(root, record.project):
             if earlier.id != record.id and tracking.is_running(root, earlier.mlflow_run_id):
                 finish_tracking(root, earlier, outcomes(root, earlier)[0])
-    except UserError as error:
-        log.warning("MLflow runs of sweep %s not updated: %s", record.id, error)
+    except Exception as error:  # MLflow's own errors too (a run deleted in the UI, a server gone mid-call)
+        detail = " ".join(str(error).split())[:300]
+        log.warning("MLflow runs of sweep %s not updated: %s", record.id, detail)
 
 
 def finish_tracking(root: Path, record: SweepRecord, rows: list[Row]) -> None:

@@ -92,11 +92,12 @@ def load_env(root: Path) -> None:
     except UnicodeDecodeError as error:
         raise UserError(f"{path}: byte {error.start + 1} is not UTF-8 text; save the file as UTF-8") from None
     for binding in parse_stream(io.StringIO(text)):
-        if binding.error:  # its text may hold a secret: only the start of the line is shown
+        if binding.error:  # its text may hold a secret: only a leading setting name is shown
             original = binding.original.string
-            line = binding.original.line + len(original) - len(original.lstrip("\r\n"))
-            start = re.match(r"\s*([A-Za-z0-9_.]{0,40})", original.lstrip("\r\n")).group(1)
-            raise UserError(f"{path}: line {line} (starting {start!r}) is not KEY=value; expected lines like "
+            line = binding.original.line + original[:len(original) - len(original.lstrip())].count("\n")
+            name = re.match(r"\s*([A-Z_][A-Z0-9_]{0,60})(?![A-Za-z0-9_])", original)
+            start = f" (starting {name.group(1)!r})" if name else ""
+            raise UserError(f"{path}: line {line}{start} is not KEY=value; expected lines like "
                             "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (see .env.example)")
     load_dotenv(stream=io.StringIO(text), override=False)
 
@@ -200,7 +201,7 @@ def check_store(uri: str) -> None:
     if uri in _opened:
         return
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    if scheme in ("", "file"):
+    if scheme == "file" or (not scheme and not uri.startswith("databricks")):
         raise UserError(f"MLFLOW_TRACKING_URI {uri}: expected a tracking server (http://host:port) or a database "
                         "(sqlite:///path/mlflow.db, postgresql://…); MLflow's folder stores are not supported")
     if scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).parent.is_dir():

@@ -137,7 +137,7 @@ def commit(root: Path, message: str) -> str | None:
     require_committable(root)
     git(root, "add", "-A", "--", *present)
     # NUL-separated and taken literally: names may hold spaces, non-ASCII letters or glob characters
-    staged = [name for name in git(root, "diff", "--cached", "--name-only", "-z").stdout.split("\0") if name]
+    staged = [name for name in git(root, "diff", "--cached", "--name-only", "--no-renames", "-z").stdout.split("\0") if name]
     forbidden = [name for name in staged if _forbidden(name)]
     if forbidden:
         git(root, "--literal-pathspecs", "reset", "-q", "--", *forbidden)
