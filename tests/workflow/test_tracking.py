@@ -117,13 +117,19 @@ def test_kept_artifacts_and_models_are_sent_under_their_own_names_after_the_orig
     tracking._append_journal(folder, {"kind": "end", "status": "FINISHED"})
     monkeypatch.setattr(tracking, "_journal", None)
     shutil.rmtree(work)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)  # where sync's client points MLflow
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as mlflow_uri
+
+    monkeypatch.setattr(mlflow_uri, "_tracking_uri", mlflow_uri._tracking_uri)  # both put back after the test
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri("sqlite:///" + str(tmp_path / "another.db"))  # an earlier test's store: not used
     assert tracking.replay_pending(tmp_path, store) == 1
     run = store.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["model_uri"].startswith("models:/")
     assert sorted(a.path for a in store.list_artifacts(run_id)) == ["curves", "valid_metrics.json"]
     assert [a.path for a in store.list_artifacts(run_id, "curves")] == ["curves/a.csv"]
     assert not (tmp_path / tracking.PENDING).exists()  # nothing left: no empty folder either
+    assert mlflow.get_tracking_uri().endswith("another.db")  # left as it was
 
 
 @pytest.mark.parametrize("uri, message", [

@@ -913,8 +913,13 @@ def _replay(client, folder: Path, entries: list[dict]) -> None:
         elif kind == "model" and not Path(entry["folder"]).is_dir():
             log.warning("MLflow run %s: its model folder %s is gone (kept by an older version, which did not "
                         "copy it); the run is sent without its model", run_id, entry["folder"])
-        elif kind == "model":
-            with mlflow.start_run(run_id=run_id):
-                _log_pyfunc(Path(entry["folder"]), entry["name"])
+        elif kind == "model":  # mlflow.start_run opens the run in the client's store, not another one set earlier
+            previous = mlflow.get_tracking_uri()
+            mlflow.set_tracking_uri(client.tracking_uri)
+            try:
+                with mlflow.start_run(run_id=run_id):
+                    _log_pyfunc(Path(entry["folder"]), entry["name"])
+            finally:
+                mlflow.set_tracking_uri(previous)
         progress.write_text(str(index + 1))
     client.set_terminated(run_id, status=status)
