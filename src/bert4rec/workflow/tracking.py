@@ -204,9 +204,10 @@ def check_store(uri: str) -> None:
     if scheme == "file" or (not scheme and not uri.startswith("databricks")):
         raise UserError(f"MLFLOW_TRACKING_URI {uri}: expected a tracking server (http://host:port) or a database "
                         "(sqlite:///path/mlflow.db, postgresql://…); MLflow's folder stores are not supported")
-    if scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).parent.is_dir():
-        raise UserError(f"MLFLOW_TRACKING_URI {uri}: the folder {Path(uri.removeprefix('sqlite:///')).parent} does "
-                        "not exist; create it or fix the path (sqlite:////abs/path.db for an absolute path)")
+    folder = Path(uri.removeprefix("sqlite:///")).parent
+    if scheme == "sqlite" and not folder.is_dir():
+        raise UserError(f"MLFLOW_TRACKING_URI {uri}: the folder {folder} does not exist; create it or fix the path "
+                        "(sqlite:////abs/path.db for an absolute path)")
     import mlflow
 
     _quiet_mlflow()
